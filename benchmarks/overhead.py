@@ -1,0 +1,164 @@
+"""fedsim against a plain sequential PyTorch loop on the same FedAvg workload.
+
+Workload: the small CNN (FedPara) on synthetic CIFAR-shaped data, 100 clients of
+200 images (IID), 10 clients per round, 1 local epoch, batch 32, 20 rounds,
+global evaluation on 1,000 test images every round, in both.
+
+* plain: one process, torch's default threads, clients trained one after another.
+* fedsim: ``fedsim run`` as a subprocess on an embedded Ray with 2 client actors.
+
+Printed: both wall times, steady-state seconds per round (rounds after the
+first; median), fedsim's start-up (command start to first round start), and the
+fixed cost per client round: actor-seconds per client round (steady round time
+x actors / clients per round) minus plain seconds per client round. The last
+line is one JSON object.
+
+    .venv/bin/python benchmarks/overhead.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from fedsim.config import load_config  # noqa: E402
+
+CLIENTS, PER_CLIENT, COHORT, ROUNDS, ACTORS = 100, 200, 10, 20, 2
+OVERRIDES = [
+    "name=overhead",
+    f"rounds={ROUNDS}",
+    "data.name=synthetic_cifar",
+    f"data.synthetic_train={CLIENTS * PER_CLIENT}",
+    "data.synthetic_test=1000",
+    f"data.num_clients={CLIENTS}",
+    "data.partition=iid",
+    "model.arch=cnn",
+    "model.param=fedpara",
+    "model.gamma=0.5",
+    "client.epochs=1",
+    "client.batch_size=32",
+    "client.lr=0.05",
+    f"server.clients_per_round={COHORT}",
+    f"resources.num_actors={ACTORS}",
+    "resources.cpus_per_client=1",
+    "log.progress=false",
+    "log.checkpoint_every=0",
+    "log.tensorboard=false",
+]
+
+
+def plain_loop() -> dict[str, float]:
+    """The same rounds as fedsim, written as the shortest honest PyTorch loop."""
+    from fedsim.data import prepare_batch
+    from fedsim.driver import client_seed, sample_cohort
+    from fedsim.experiment import load_data
+    from lightning_modules.models import build_model
+    from fedsim.client import model_spec
+
+    t_start = time.perf_counter()
+    cfg = load_config(None, OVERRIDES)
+    data, part = load_data(cfg)
+    info = data.info
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_spec(cfg, info.num_classes, info.input_shape))
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.client.lr)
+    global_state = {k: v.clone() for k, v in model.state_dict().items()}
+    x_test = torch.from_numpy(data.x_test.copy())
+    y_test = torch.from_numpy(data.y_test.copy())
+    round_times = []
+    for r in range(cfg.rounds):
+        t0 = time.perf_counter()
+        sums = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_state.items()}
+        total = 0
+        for c in sample_cohort(cfg.seed, r, CLIENTS, COHORT):
+            model.load_state_dict(global_state)
+            idx = part.train[c]
+            x_all = torch.from_numpy(data.x_train[idx])
+            y_all = torch.from_numpy(data.y_train[idx])
+            gen = torch.Generator().manual_seed(client_seed(cfg.seed, r, c))
+            order = torch.randperm(len(idx), generator=gen)
+            for s in range(0, len(idx), 32):
+                b = order[s : s + 32]
+                x = prepare_batch(x_all[b], info, train=True, generator=gen)
+                opt.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.cross_entropy(model(x), y_all[b])
+                loss.backward()
+                opt.step()
+            for k, v in model.state_dict().items():
+                sums[k] += v.double() * len(idx)
+            total += len(idx)
+        global_state = {k: (v / total).float() for k, v in sums.items()}
+        model.load_state_dict(global_state)
+        with torch.no_grad():
+            logits = model(prepare_batch(x_test, info, train=False))
+            _ = float((logits.argmax(1) == y_test).float().mean())
+        round_times.append(time.perf_counter() - t0)
+    return {
+        "wall_s": time.perf_counter() - t_start,
+        "steady_round_s": statistics.median(round_times[1:]),
+    }
+
+
+def fedsim_run() -> dict[str, float]:
+    """``fedsim run`` in a subprocess, timed from the command's start."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+        t_cmd = time.time()
+        subprocess.run(
+            [sys.executable, "-m", "fedsim", "run", "--run-dir", f"{tmp}/run",
+             *OVERRIDES],
+            check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+        )
+        wall = time.time() - t_cmd
+        rows = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").open()]
+    return {
+        "wall_s": wall,
+        "startup_s": rows[0]["started_at"] - t_cmd,
+        "steady_round_s": statistics.median(r["round_seconds"] for r in rows[1:]),
+        "final_accuracy": rows[-1]["accuracy"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    runs = []
+    for i in range(args.repeats):
+        plain, fed = plain_loop(), fedsim_run()
+        fixed = (fed["steady_round_s"] * ACTORS - plain["steady_round_s"]) / COHORT
+        run = {
+            "plain_wall_s": plain["wall_s"],
+            "fedsim_wall_s": fed["wall_s"],
+            "plain_steady_round_s": plain["steady_round_s"],
+            "fedsim_steady_round_s": fed["steady_round_s"],
+            "startup_s": fed["startup_s"],
+            "ratio": fed["wall_s"] / plain["wall_s"],
+            "steady_ratio": fed["steady_round_s"] / plain["steady_round_s"],
+            "fixed_ms_per_client_round": 1000 * fixed,
+            "fedsim_final_accuracy": fed["final_accuracy"],
+        }
+        runs.append(run)
+        print(f"run {i + 1}: " + ", ".join(f"{k}={v:.3f}" for k, v in run.items()),
+              flush=True)
+    medians = {k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0]}
+    medians["repeats"] = args.repeats
+    medians["torch_threads_plain"] = torch.get_num_threads()
+    print("medians: " + ", ".join(f"{k}={v}" for k, v in medians.items()))
+    print(json.dumps(medians))
+
+
+if __name__ == "__main__":
+    main()

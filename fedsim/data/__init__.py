@@ -1,0 +1,46 @@
+"""Datasets, client partitions and batch preprocessing for fedsim.
+
+This package never imports Ray or Lightning.
+
+Example
+-------
+>>> from fedsim.data import PartitionSpec, load_dataset, make_partition
+>>> data = load_dataset("digits", None)
+>>> part = make_partition(data.y_train, PartitionSpec("dirichlet", 10), seed=0)
+>>> part.num_clients, sum(len(idx) for idx in part.train) == data.num_train
+(10, True)
+"""
+
+from fedsim.data.base import DataError, DatasetInfo, DatasetNotFoundError, FederatedData
+from fedsim.data.download import download
+from fedsim.data.loaders import DATASETS, check_available, dataset_info, load_dataset
+from fedsim.data.partition import (
+    Partition,
+    PartitionScheme,
+    PartitionSpec,
+    label_entropy,
+    label_heatmap,
+    make_partition,
+    partition_summary,
+)
+from fedsim.data.transforms import prepare_batch
+
+__all__ = [
+    "DATASETS",
+    "DataError",
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "FederatedData",
+    "Partition",
+    "PartitionScheme",
+    "PartitionSpec",
+    "check_available",
+    "dataset_info",
+    "download",
+    "label_entropy",
+    "label_heatmap",
+    "load_dataset",
+    "make_partition",
+    "partition_summary",
+    "prepare_batch",
+]

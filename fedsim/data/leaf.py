@@ -1,0 +1,169 @@
+"""LEAF FEMNIST and Shakespeare readers (the JSON files LEAF's preprocess.sh writes).
+
+Layout: ``root/<femnist|shakespeare>/data/{train,test}/*.json``; each file holds
+``{"users": [...], "num_samples": [...], "user_data": {user: {"x": [...], "y":
+[...]}}}``. Users are merged over all files and ordered by sorted user id; the
+train examples of one user are contiguous, and ``users[i]`` indexes them.
+
+Shakespeare characters are mapped to their index in LEAF's ``ALL_LETTERS`` (80
+symbols). Characters outside it become the space character (id 1). LEAF's own
+``ALL_LETTERS.find`` would give -1 and silently pick the last embedding row.
+
+Example
+-------
+>>> encode_text(["ab", "a~"], length=2).tolist()
+[[53, 54], [53, 1]]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsim.data.base import DataError, DatasetNotFoundError
+
+Requirement = tuple[Path, ...]
+# users: per-user index arrays into the train split
+LeafArrays = tuple[
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]
+]
+
+ALL_LETTERS = (
+    "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
+)
+SHAKESPEARE_SEQ_LEN = 80
+FEMNIST_CLASSES = 62
+_UNKNOWN_ID = ALL_LETTERS.index(" ")
+_ASCII_TO_ID = np.full(128, _UNKNOWN_ID, dtype=np.int64)
+_ASCII_TO_ID[[ord(c) for c in ALL_LETTERS]] = np.arange(len(ALL_LETTERS))
+
+UserData = dict[str, tuple[list[Any], list[Any]]]
+# (inputs, labels, user id) -> (x, y) arrays of one user
+Converter = Callable[[list[Any], list[Any], str], tuple[np.ndarray, np.ndarray]]
+
+
+def leaf_required(root: Path, name: str) -> list[Requirement]:
+    """Return the LEAF split folders that must exist for dataset ``name``."""
+    data = root / name / "data"
+    return [(data / "train",), (data / "test",)]
+
+
+def encode_text(strings: list[str], length: int) -> np.ndarray:
+    """Map strings of exactly ``length`` characters to ``(N, length)`` int64 ids.
+
+    Raises
+    ------
+    DataError
+        A string has a different length.
+    """
+    bad = next((s for s in strings if len(s) != length), None)
+    if bad is not None:
+        raise DataError(
+            f"Shakespeare sample {bad[:20]!r}... has {len(bad)} characters, expected "
+            f"{length}; regenerate the LEAF data with its default sequence length"
+        )
+    codes = np.frombuffer("".join(strings).encode("utf-32-le"), dtype="<u4")
+    ids = np.full(codes.shape, _UNKNOWN_ID, dtype=np.int64)
+    ascii_ = codes < 128
+    ids[ascii_] = _ASCII_TO_ID[codes[ascii_]]
+    return ids.reshape(len(strings), length)
+
+
+def _read_split(folder: Path) -> UserData:
+    files = sorted(folder.glob("*.json"))
+    if not files:
+        name, root = folder.parents[1].name, folder.parents[2]
+        raise DatasetNotFoundError(name, root, folder / "*.json")
+    merged: UserData = {}
+    for path in files:
+        try:
+            with path.open(encoding="utf-8") as handle:
+                user_data = json.load(handle)["user_data"]
+            for user, data in user_data.items():
+                xs, ys = merged.setdefault(str(user), ([], []))
+                xs.extend(data["x"])
+                ys.extend(data["y"])
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise DataError(
+                f"{path} is not a LEAF json file ({type(err).__name__}: {err}); "
+                f'expected {{"user_data": {{user: {{"x": [...], "y": [...]}}}}}}. '
+                f"Rerun LEAF's preprocess.sh"
+            ) from err
+    return merged
+
+
+def _to_arrays(
+    merged: UserData, name: str, convert: Converter
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    users: list[np.ndarray] = []
+    start = 0
+    for user in sorted(merged):
+        raw_x, raw_y = merged[user]
+        if len(raw_x) != len(raw_y):
+            raise DataError(
+                f"{name} user {user!r} has {len(raw_x)} inputs but {len(raw_y)} "
+                f"labels; rerun LEAF's preprocess.sh"
+            )
+        if not raw_x:  # a user without examples cannot be a client
+            continue
+        x, y = convert(raw_x, raw_y, user)
+        xs.append(x)
+        ys.append(y)
+        users.append(np.arange(start, start + len(y), dtype=np.int64))
+        start += len(y)
+    if not xs:
+        raise DataError(f"{name}: the LEAF files hold no examples; rerun preprocess.sh")
+    return np.concatenate(xs), np.concatenate(ys), tuple(users)
+
+
+def _femnist_user(
+    raw_x: list[Any], raw_y: list[Any], user: str
+) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        x = np.asarray(raw_x, dtype=np.float32).reshape(-1, 1, 28, 28)
+        y = np.asarray(raw_y, dtype=np.int64)
+    except (ValueError, TypeError) as err:
+        raise DataError(
+            f"FEMNIST user {user!r}: each x must be 784 numbers and each y an "
+            f"integer ({err}); rerun LEAF's preprocess.sh"
+        ) from err
+    if len(x) != len(y) or (y.size and (y.min() < 0 or y.max() >= FEMNIST_CLASSES)):
+        raise DataError(
+            f"FEMNIST user {user!r}: labels must be in [0, {FEMNIST_CLASSES}) with one "
+            f"784-pixel image each; rerun LEAF's preprocess.sh"
+        )
+    return x, y
+
+
+def _shakespeare_user(
+    raw_x: list[Any], raw_y: list[Any], user: str
+) -> tuple[np.ndarray, np.ndarray]:
+    if not all(isinstance(s, str) for s in raw_x) or not all(
+        isinstance(c, str) and len(c) == 1 for c in raw_y
+    ):
+        raise DataError(
+            f"Shakespeare user {user!r}: x must be strings and y single characters; "
+            f"rerun LEAF's preprocess.sh"
+        )
+    x = encode_text(raw_x, SHAKESPEARE_SEQ_LEN)
+    y = encode_text(raw_y, 1)[:, 0]
+    return x, y
+
+
+def load_leaf(root: Path, name: str) -> LeafArrays:
+    """Load LEAF ``femnist`` or ``shakespeare``: train/test arrays and train users.
+
+    Test data is every user's test examples (sorted user order); users without
+    train examples are left out of ``users``.
+    """
+    convert: Converter = _femnist_user if name == "femnist" else _shakespeare_user
+    data = root / name / "data"
+    x_train, y_train, users = _to_arrays(_read_split(data / "train"), name, convert)
+    x_test, y_test, _ = _to_arrays(_read_split(data / "test"), name, convert)
+    return x_train, y_train, x_test, y_test, users

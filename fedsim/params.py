@@ -1,0 +1,80 @@
+"""A model's state as named tensors: which travel, which stay local, and their bytes.
+
+Parameters travel keyed by their ``state_dict`` name. For pFedPara the W2 factors
+(``x2``, ``y2``, ``t2`` of personalized layers) stay on the client; everything else
+travels.
+
+Example
+-------
+>>> import torch
+>>> tensors = {"w": torch.zeros(3, 4), "b": torch.zeros(4, dtype=torch.float16)}
+>>> payload_nbytes(tensors)
+56
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from lightning_modules.layers import local_state_names
+
+Tensors = dict[str, Tensor]
+
+
+def payload_nbytes(tensors: Mapping[str, Tensor]) -> int:
+    """Bytes on the wire for ``tensors``: the sum of numel x element size."""
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Which ``state_dict`` entries of a model travel and which stay on the client.
+
+    Attributes
+    ----------
+    global_names
+        Sorted names of the tensors sent to and averaged by the server.
+    local_names
+        Sorted names of the tensors kept in per-client state (pFedPara's W2).
+    """
+
+    global_names: tuple[str, ...]
+    local_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> StateLayout:
+        """Split ``model``'s state by the layers' own global/local declaration."""
+        local = local_state_names(model)
+        names = list(model.state_dict().keys())
+        return cls(
+            global_names=tuple(sorted(n for n in names if n not in local)),
+            local_names=tuple(sorted(n for n in names if n in local)),
+        )
+
+    def split(self, state: Mapping[str, Tensor]) -> tuple[Tensors, Tensors]:
+        """Return detached CPU copies of (global tensors, local tensors)."""
+        glob = {n: state[n].detach().to("cpu", copy=True) for n in self.global_names}
+        loc = {n: state[n].detach().to("cpu", copy=True) for n in self.local_names}
+        return glob, loc
+
+    def num_global(self, model: nn.Module) -> int:
+        """Number of elements that travel each way per client per round."""
+        state = model.state_dict()
+        return sum(state[n].numel() for n in self.global_names)
+
+
+def initial_state(model: nn.Module, layout: StateLayout) -> Tensors:
+    """The global tensors of a freshly built model (the server's round-0 state)."""
+    glob, _ = layout.split(model.state_dict())
+    return glob
+
+
+def is_finite(tensors: Mapping[str, Tensor]) -> bool:
+    """True when every floating tensor holds only finite values."""
+    return all(
+        bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()
+    )

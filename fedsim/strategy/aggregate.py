@@ -1,0 +1,67 @@
+"""Averaging math as plain functions and a running weighted sum.
+
+Example
+-------
+>>> import torch
+>>> mean = WeightedMean()
+>>> mean.add({"w": torch.tensor([1.0, 3.0])}, weight=1)
+>>> mean.add({"w": torch.tensor([4.0, 0.0])}, weight=2)
+>>> mean.result()["w"].tolist()
+[3.0, 1.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+
+class AggregationError(ValueError):
+    """Updates that cannot be averaged (no clients, mismatched tensors)."""
+
+
+class WeightedMean:
+    """Running example-weighted mean of named tensors, tensor by tensor.
+
+    Each tensor (every FedPara factor, core, bias, norm parameter) is averaged on
+    its own. The sum is kept in float64 so that the result depends only on the
+    order of :meth:`add` calls, which the driver fixes (sorted client ids).
+    Non-floating tensors (counters) keep the first client's value.
+    """
+
+    def __init__(self) -> None:
+        self._sum: dict[str, Tensor] = {}
+        self._first: dict[str, Tensor] = {}
+        self._weight = 0.0
+        self.count = 0
+
+    def add(self, tensors: Mapping[str, Tensor], weight: float) -> None:
+        """Fold one client's tensors into the sum."""
+        if weight <= 0:
+            raise AggregationError(f"client weight must be > 0, got {weight}")
+        if self.count and set(tensors) != set(self._first):
+            missing = set(self._first) ^ set(tensors)
+            raise AggregationError(f"update tensors differ from earlier ones: {missing}")
+        for name, t in tensors.items():
+            if not self.count:
+                self._first[name] = t
+                if t.is_floating_point():
+                    self._sum[name] = t.detach().to(torch.float64) * weight
+            elif t.is_floating_point():
+                self._sum[name].add_(t.detach().to(torch.float64), alpha=weight)
+        self._weight += weight
+        self.count += 1
+
+    def result(self) -> dict[str, Tensor]:
+        """The weighted mean, each tensor in its original dtype."""
+        if not self.count:
+            raise AggregationError("no client update to aggregate")
+        out: dict[str, Tensor] = {}
+        for name, first in self._first.items():
+            if name in self._sum:
+                out[name] = (self._sum[name] / self._weight).to(first.dtype)
+            else:
+                out[name] = first.clone()
+        return out

@@ -1,0 +1,24 @@
+"""Tiny shared fixtures: the quickstart config shrunk to seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedsim.config import Config, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+
+TINY = [
+    "rounds=2",
+    "data.num_clients=6",
+    "server.clients_per_round=3",
+    "client.epochs=1",
+    "log.progress=false",
+    "log.checkpoint_every=1",
+]
+
+
+def tiny_config(tmp_path: Path, *overrides: str) -> Config:
+    """The quickstart shrunk to seconds, writing under ``tmp_path``."""
+    return load_config(QUICKSTART, [*TINY, f"log.root={tmp_path}", *overrides])
