@@ -28,7 +28,9 @@ REPEATS = 15
 
 def make_module() -> Classifier:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 64), nn.ReLU(), nn.Linear(64, 10))
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(3 * 32 * 32, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
     return Classifier(net, num_classes=10, lr=0.05)
 
 
@@ -52,9 +54,14 @@ def trainer_fit(module: Classifier, data: list) -> None:
     y = torch.cat([b[1] for b in data])
     loader = DataLoader(TensorDataset(x, y), batch_size=32)
     trainer = pl.Trainer(
-        max_epochs=1, accelerator="cpu", devices=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     trainer.fit(module, loader)
 

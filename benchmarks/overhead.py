@@ -61,11 +61,11 @@ OVERRIDES = [
 
 def plain_loop() -> dict[str, float]:
     """The same rounds as fedsim, written as the shortest honest PyTorch loop."""
+    from fedsim.client import model_spec
     from fedsim.data import prepare_batch
     from fedsim.driver import client_seed, sample_cohort
     from fedsim.experiment import load_data
     from lightning_modules.models import build_model
-    from fedsim.client import model_spec
 
     t_start = time.perf_counter()
     cfg = load_config(None, OVERRIDES)
@@ -80,7 +80,9 @@ def plain_loop() -> dict[str, float]:
     round_times = []
     for r in range(cfg.rounds):
         t0 = time.perf_counter()
-        sums = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_state.items()}
+        sums = {
+            k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_state.items()
+        }
         total = 0
         for c in sample_cohort(cfg.seed, r, CLIENTS, COHORT):
             model.load_state_dict(global_state)
@@ -117,12 +119,23 @@ def fedsim_run() -> dict[str, float]:
         env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
         t_cmd = time.time()
         subprocess.run(
-            [sys.executable, "-m", "fedsim", "run", "--run-dir", f"{tmp}/run",
-             *OVERRIDES],
-            check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "fedsim",
+                "run",
+                "--run-dir",
+                f"{tmp}/run",
+                *OVERRIDES,
+            ],
+            check=True,
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
         )
         wall = time.time() - t_cmd
-        rows = [json.loads(line) for line in Path(f"{tmp}/run/metrics.jsonl").open()]
+        lines = Path(f"{tmp}/run/metrics.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
     return {
         "wall_s": wall,
         "startup_s": rows[0]["started_at"] - t_cmd,
@@ -151,8 +164,10 @@ def main() -> None:
             "fedsim_final_accuracy": fed["final_accuracy"],
         }
         runs.append(run)
-        print(f"run {i + 1}: " + ", ".join(f"{k}={v:.3f}" for k, v in run.items()),
-              flush=True)
+        print(
+            f"run {i + 1}: " + ", ".join(f"{k}={v:.3f}" for k, v in run.items()),
+            flush=True,
+        )
     medians = {k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0]}
     medians["repeats"] = args.repeats
     medians["torch_threads_plain"] = torch.get_num_threads()

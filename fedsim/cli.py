@@ -1,9 +1,11 @@
 """The ``fedsim`` command line.
 
-    fedsim run CONFIG [key=value ...] [--run-dir DIR] [--address ADDR] [--backend ray|local]
+    fedsim run CONFIG [key=value ...] [--run-dir DIR] [--address ADDR]
+               [--backend ray|local]
     fedsim run --resume RUN_DIR [key=value ...]
     fedsim params CONFIG [key=value ...] [--json]
     fedsim data download NAME --root DIR
+    fedsim report RUN_DIR [RUN_DIR ...] [--target 0.8] [--plot out.png]
     fedsim submit CONFIG [key=value ...] --address http://HEAD:8265
     fedsim status|logs|stop JOB_ID --address http://HEAD:8265
 
@@ -33,11 +35,19 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a federated experiment")
     run.add_argument("config", nargs="?", help="YAML config (see configs/)")
     run.add_argument("overrides", nargs="*", help="key=value overrides")
-    run.add_argument("--run-dir", type=Path, help="where to write (default runs/NAME/TIME)")
-    run.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS or a local one)")
+    run.add_argument(
+        "--run-dir", type=Path, help="where to write (default runs/NAME/TIME)"
+    )
+    run.add_argument(
+        "--address", help="Ray cluster to join (default: RAY_ADDRESS or a local one)"
+    )
     run.add_argument("--backend", choices=["ray", "local"], default="ray")
-    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                     help="continue a run from its last checkpoint")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a run from its last checkpoint",
+    )
 
     params = sub.add_parser("params", help="parameters and bytes of a config's model")
     params.add_argument("config")
@@ -50,34 +60,52 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("name")
     dl.add_argument("--root", required=True, type=Path)
 
+    rep = sub.add_parser("report", help="compare runs: accuracy against GB sent")
+    rep.add_argument("run_dirs", nargs="+", type=Path)
+    rep.add_argument(
+        "--target", type=float, default=0.8, help="accuracy for 'GB to target'"
+    )
+    rep.add_argument("--plot", type=Path, help="write accuracy-vs-GB PNG here")
+
     submit = sub.add_parser("submit", help="submit a run as a Ray job")
     submit.add_argument("config")
     submit.add_argument("overrides", nargs="*")
     submit.add_argument("--address", help="Ray dashboard address (default RAY_ADDRESS)")
-    submit.add_argument("--no-wait", action="store_true", help="return after submitting")
+    submit.add_argument(
+        "--no-wait", action="store_true", help="return after submitting"
+    )
     for verb in ("status", "logs", "stop"):
         job = sub.add_parser(verb, help=f"{verb} of a submitted job")
         job.add_argument("job_id")
-        job.add_argument("--address", help="Ray dashboard address (default RAY_ADDRESS)")
+        job.add_argument(
+            "--address", help="Ray dashboard address (default RAY_ADDRESS)"
+        )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fedsim`` console script."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         if args.command == "run":
             return _run(args)
         if args.command == "params":
             return _params(args)
+        if args.command == "report":
+            from fedsim.report import report
+
+            print(report(args.run_dirs, args.target, args.plot))
+            return 0
         if args.command == "data":
             print(f"{args.name} is in {download(args.name, args.root)}")
             return 0
         from fedsim import jobs
 
         return jobs.dispatch(args)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, FileNotFoundError) as exc:
         print(f"fedsim: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -91,7 +119,7 @@ def _params(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedsim.data import check_available
+    from fedsim.experiment import preflight
 
     if args.resume is not None:
         from fedsim.experiment import resume_config
@@ -104,8 +132,10 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError("give a config file (e.g. configs/quickstart.yaml)")
         cfg = load_config(args.config, args.overrides)
         run_dir = args.run_dir
-    check_available(cfg.data.name, cfg.data.root)  # before Ray starts
-    return run_and_report(cfg, args.backend, run_dir, args.address, args.resume is not None)
+    preflight(cfg)  # before Ray starts
+    return run_and_report(
+        cfg, args.backend, run_dir, args.address, args.resume is not None
+    )
 
 
 def run_and_report(
@@ -132,7 +162,8 @@ def run_and_report(
     s = result.summary
     print(
         f"\n{cfg.name}: {s['rounds']} rounds of {cfg.server.clients_per_round} clients "
-        f"({cfg.model.param} {cfg.model.arch}, {s['num_params_travelling']:,} parameters "
+        f"({cfg.model.param} {cfg.model.arch}, "
+        f"{s['num_params_travelling']:,} parameters "
         f"travelling) reached a final global accuracy of {s['final_accuracy']:.4f} "
         f"(best {s['best_accuracy']:.4f}) after {s['total_bytes'] / 1e9:.4f} GB of "
         f"traffic in {s['wall_seconds']:.1f} s.\n"

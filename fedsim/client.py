@@ -27,8 +27,8 @@ from torch import Tensor
 
 from fedsim.config import Config
 from fedsim.data import FederatedData, Partition, prepare_batch
-from fedsim.model import build_backbone
 from fedsim.messages import ClientTask, ClientUpdate, EvalResult
+from fedsim.model import build_backbone
 from fedsim.params import StateLayout, Tensors, payload_nbytes
 from lightning_modules.classifier import Classifier
 
@@ -71,7 +71,11 @@ class ClientRunner:
         res = cfg.resources
         torch.set_num_threads(max(1, int(res.cpus_per_client)))
         self.device = pick_device(res.gpus_per_client)
-        if self.device.type == "cuda" and res.cap_gpu_memory and res.gpus_per_client < 1:
+        if (
+            self.device.type == "cuda"
+            and res.cap_gpu_memory
+            and res.gpus_per_client < 1
+        ):
             # One client may not starve the others sharing the GPU.
             torch.cuda.set_per_process_memory_fraction(res.gpus_per_client, 0)
         precision = res.precision
@@ -136,7 +140,8 @@ class ClientRunner:
         expected = set(self.layout.global_names) | set(self.layout.local_names)
         if set(state) != expected:
             raise ValueError(
-                f"payload does not match the model: missing {sorted(expected - set(state))}"
+                "payload does not match the model: "
+                f"missing {sorted(expected - set(state))}"
                 f", unexpected {sorted(set(state) - expected)}"
             )
         self.module.model.load_state_dict(state, strict=True)
@@ -158,7 +163,11 @@ class ClientRunner:
             y = y.to(self.device)
             with self.fabric.autocast():
                 logits = self.module(x)
-            loss_sum += float(torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+            loss_sum += float(
+                torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            )
             correct += int((logits.argmax(dim=1) == y).sum())
         n = len(y_test)
-        return EvalResult(loss=loss_sum / max(n, 1), accuracy=correct / max(n, 1), num_examples=n)
+        return EvalResult(
+            loss=loss_sum / max(n, 1), accuracy=correct / max(n, 1), num_examples=n
+        )

@@ -30,6 +30,17 @@ ParamKind = Literal["original", "lowrank", "fedpara", "pfedpara"]
 RankRule = Literal["paper", "official"]
 StrategyName = Literal["fedavg"]
 Precision = Literal["32-true", "16-mixed", "bf16-mixed"]
+Arch = Literal["vgg16", "mlp", "mlp_digits", "lstm", "cnn"]
+DatasetName = Literal[
+    "digits",
+    "cifar10",
+    "cifar100",
+    "cinic10",
+    "mnist",
+    "femnist",
+    "shakespeare",
+    "synthetic_cifar",
+]
 
 
 class ConfigError(ValueError):
@@ -40,7 +51,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which dataset, where it lives, and how it is split across clients."""
 
-    name: str = "digits"
+    name: DatasetName = "digits"
     root: str | None = None
     num_clients: int = 50
     partition: Partition = "dirichlet"
@@ -55,7 +66,7 @@ class DataConfig:
 class ModelConfig:
     """Architecture and its parameterization (see ``lightning_modules.models``)."""
 
-    arch: str = "mlp_digits"
+    arch: Arch = "mlp_digits"
     param: ParamKind = "fedpara"
     gamma: float = 0.5
     rank_rule: RankRule = "paper"
@@ -248,7 +259,8 @@ def _build(cls: type[_T], raw: Mapping[str, Any], prefix: str) -> _T:
             close = difflib.get_close_matches(str(key), sorted(fields), n=1)
             hint = f"; did you mean {prefix}{close[0]}?" if close else ""
             raise ConfigError(
-                f"unknown key {prefix}{key}{hint} (allowed: {', '.join(sorted(fields))})"
+                f"unknown key {prefix}{key}{hint} "
+                f"(allowed: {', '.join(sorted(fields))})"
             )
         kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
     try:

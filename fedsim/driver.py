@@ -22,7 +22,13 @@ from tqdm import tqdm
 from fedsim.backend.base import Backend, ClientResult
 from fedsim.comm import Ledger, RoundTraffic
 from fedsim.config import Config
-from fedsim.messages import ClientFailure, ClientTask, ClientUpdate, EvalResult, RoundMetrics
+from fedsim.messages import (
+    ClientFailure,
+    ClientTask,
+    ClientUpdate,
+    EvalResult,
+    RoundMetrics,
+)
 from fedsim.params import StateLayout, Tensors, is_finite, payload_nbytes
 from fedsim.state import ClientStateStore
 from fedsim.strategy import Strategy
@@ -69,7 +75,9 @@ class RoundOutcome:
     def train_loss(self) -> float:
         """Example-weighted mean of the clients' training losses."""
         total = sum(n for _, n in self.losses)
-        return sum(loss * n for loss, n in self.losses) / total if total else float("nan")
+        return (
+            sum(loss * n for loss, n in self.losses) / total if total else float("nan")
+        )
 
 
 class Driver:
@@ -123,8 +131,14 @@ class Driver:
         )
         lr = self.strategy.client_lr(r, cfg.client)
         tasks = [
-            ClientTask(c, r, client_seed(cfg.seed, r, c), lr, cfg.client.epochs,
-                       cfg.client.batch_size)
+            ClientTask(
+                c,
+                r,
+                client_seed(cfg.seed, r, c),
+                lr,
+                cfg.client.epochs,
+                cfg.client.batch_size,
+            )
             for c in cohort
         ]
         payload = state.global_tensors
@@ -178,7 +192,9 @@ class Driver:
                 outcome.failures.append(result)
                 continue
             if not is_finite(result.tensors):
-                outcome.failures.append(ClientFailure(result.client_id, "non-finite update"))
+                outcome.failures.append(
+                    ClientFailure(result.client_id, "non-finite update")
+                )
                 log.warning("client %d sent a non-finite update", result.client_id)
                 continue
             # Measured on what arrived, not on what the client claims.

@@ -16,19 +16,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedsim.backend.base import Backend
-from fedsim.config import Config, load_config
+from fedsim.config import Config, ConfigError, load_config
 from fedsim.data import (
     FederatedData,
     Partition,
     PartitionSpec,
     check_available,
+    dataset_info,
     label_heatmap,
     load_dataset,
     make_partition,
     partition_summary,
 )
-from fedsim.model import build_backbone
 from fedsim.driver import Driver, ServerState, load_checkpoint
+from fedsim.model import build_backbone
 from fedsim.params import StateLayout, initial_state
 from fedsim.state import ClientStateStore
 from fedsim.strategy import build_strategy
@@ -45,6 +46,27 @@ class RunResult:
 
     run_dir: Path
     summary: dict[str, Any]
+
+
+def preflight(cfg: Config) -> None:
+    """Everything that can be checked before Ray starts: data present, model buildable.
+
+    Raises
+    ------
+    DataError
+        The dataset is missing (the message says how to fetch it).
+    ConfigError
+        The model cannot be built for this dataset.
+    """
+    check_available(cfg.data.name, cfg.data.root)
+    info = dataset_info(cfg.data.name)
+    try:
+        build_backbone(cfg, info.num_classes, info.input_shape)
+    except ValueError as exc:
+        raise ConfigError(
+            f"model.arch={cfg.model.arch} cannot be built for data.name="
+            f"{cfg.data.name} (input {info.input_shape}): {exc}"
+        ) from exc
 
 
 def load_data(cfg: Config) -> tuple[FederatedData, Partition]:
@@ -116,7 +138,9 @@ def run_experiment(
                 else ServerState(0, initial_state(model, layout))
             )
             store = (
-                ClientStateStore(run_dir / "client_state") if layout.local_names else None
+                ClientStateStore(run_dir / "client_state")
+                if layout.local_names
+                else None
             )
             pool.attach(data, partition)
             strategy = build_strategy(cfg.server.strategy)

@@ -21,7 +21,9 @@ from fedsim.config import Config
 from lightning_modules.models import ModelSpec, build_model
 
 
-def model_spec(cfg: Config, num_classes: int, input_shape: tuple[int, ...]) -> ModelSpec:
+def model_spec(
+    cfg: Config, num_classes: int, input_shape: tuple[int, ...]
+) -> ModelSpec:
     """The :class:`ModelSpec` of ``cfg`` for a dataset of this shape."""
     m = cfg.model
     return ModelSpec(

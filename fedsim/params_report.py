@@ -59,6 +59,7 @@ def model_report(cfg: Config) -> dict[str, Any]:
 
 def format_report(r: dict[str, Any]) -> str:
     """Human-readable table of :func:`model_report`."""
+
     def mb(n: int) -> str:
         return f"{n / 1e6:,.2f} MB"
 
@@ -66,16 +67,26 @@ def format_report(r: dict[str, Any]) -> str:
         return f"{n / 1e9:,.3f} GB"
 
     rows = [
-        ("model", f"{r['arch']} ({r['param']}, gamma={r['gamma']}, "
-                  f"rank_rule={r['rank_rule']}) on {r['dataset']}"),
+        (
+            "model",
+            f"{r['arch']} ({r['param']}, gamma={r['gamma']}, "
+            f"rank_rule={r['rank_rule']}) on {r['dataset']}",
+        ),
         ("parameters", f"{r['num_params']:,} (original {r['num_params_original']:,})"),
-        ("travelling per client", f"{r['num_params_travelling']:,} params, "
-                                  f"{mb(r['bytes_per_model'])} fp32"),
-        ("bytes per round", f"{gb(r['bytes_per_round'])} = 2 x {r['clients_per_round']} "
-                            f"clients x {mb(r['bytes_per_model'])} "
-                            f"(original {gb(r['bytes_per_round_original'])})"),
-        ("bytes per run", f"{gb(r['bytes_total'])} "
-                          f"(original {gb(r['bytes_total_original'])})"),
+        (
+            "travelling per client",
+            f"{r['num_params_travelling']:,} params, {mb(r['bytes_per_model'])} fp32",
+        ),
+        (
+            "bytes per round",
+            f"{gb(r['bytes_per_round'])} = 2 x {r['clients_per_round']} "
+            f"clients x {mb(r['bytes_per_model'])} "
+            f"(original {gb(r['bytes_per_round_original'])})",
+        ),
+        (
+            "bytes per run",
+            f"{gb(r['bytes_total'])} (original {gb(r['bytes_total_original'])})",
+        ),
         ("original / this", f"{r['ratio']:.2f}x fewer bytes"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -1,0 +1,1 @@
+"""FedPara layers, models and the Lightning classifier: plain torch, no fedsim."""

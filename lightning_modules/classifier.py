@@ -51,7 +51,9 @@ class Classifier(pl.LightningModule):
         self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
-        self.train_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.train_accuracy = MulticlassAccuracy(
+            num_classes=num_classes, average="micro"
+        )
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,0 +1,1 @@
+"""Thin entry points that ``ray job submit`` runs."""

@@ -18,7 +18,7 @@ import os
 import traceback
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import RayActorError, RayError
@@ -28,13 +28,17 @@ from fedsim.config import Config
 from fedsim.data import FederatedData, Partition
 from fedsim.messages import ClientFailure, ClientTask, EvalResult
 
+if TYPE_CHECKING:
+    from fedsim.client import ClientRunner
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 
 
-def start_ray(address: str | None, *, num_cpus: int | None = None,
-              num_gpus: int | None = None) -> bool:
+def start_ray(
+    address: str | None, *, num_cpus: int | None = None, num_gpus: int | None = None
+) -> bool:
     """Join ``address`` (or RAY_ADDRESS), or start an embedded local instance.
 
     The embedded instance binds to loopback. Returns True when this call
@@ -79,13 +83,20 @@ class ClientActor:
 
         self._client_module = fedsim.client
         self.cfg = cfg
-        self.runner: Any = None
+        self._runner: ClientRunner | None = None
         self._payload_ref: Any = None
         self._payload: Mapping[str, Any] = {}
 
     def setup(self, data: FederatedData, partition: Partition) -> None:
         """Build the model and the dataset view once for this actor's lifetime."""
-        self.runner = self._client_module.ClientRunner(self.cfg, data, partition)
+        self._runner = self._client_module.ClientRunner(self.cfg, data, partition)
+
+    @property
+    def runner(self) -> ClientRunner:
+        """The runner built by :meth:`setup`."""
+        if self._runner is None:
+            raise RuntimeError("ClientActor.setup(data, partition) was not called")
+        return self._runner
 
     def _resolve(self, boxed: list[Any]) -> Mapping[str, Any]:
         # The ref arrives boxed so Ray does not deserialize it for every task;
@@ -106,7 +117,14 @@ class ClientActor:
 
     def evaluate(self, boxed: list[Any]) -> EvalResult:
         """Evaluate the global model on the test split."""
-        return self.runner.evaluate(self._resolve(boxed), self.cfg.server.eval_batch_size)
+        return self.runner.evaluate(
+            self._resolve(boxed), self.cfg.server.eval_batch_size
+        )
+
+    def touch_data(self) -> int:
+        """Read every byte of the training inputs (for the memory benchmark)."""
+        x = self.runner.data.x_train
+        return int(x.reshape(len(x), -1).sum(axis=1, dtype="int64").sum())
 
     def placement(self) -> dict[str, Any]:
         """Where this actor runs: pid, node, GPU ids, CUDA_VISIBLE_DEVICES, device."""
@@ -148,7 +166,7 @@ class RayPool(Backend):
         return ClientActor.options(**self._options).remote(self.cfg)  # type: ignore[attr-defined]
 
     def attach(self, data: FederatedData, partition: Partition) -> RayPool:
-        """Share ``data`` and ``partition`` with every actor; wait until all are ready."""
+        """Share ``data`` and ``partition`` with every actor; wait until ready."""
         self._refs = (ray.put(data), ray.put(partition))
         ray.get([a.setup.remote(*self._refs) for a in self.actors])
         return self

@@ -43,7 +43,9 @@ class WeightedMean:
             raise AggregationError(f"client weight must be > 0, got {weight}")
         if self.count and set(tensors) != set(self._first):
             missing = set(self._first) ^ set(tensors)
-            raise AggregationError(f"update tensors differ from earlier ones: {missing}")
+            raise AggregationError(
+                f"update tensors differ from earlier ones: {missing}"
+            )
         for name, t in tensors.items():
             if not self.count:
                 self._first[name] = t

@@ -3,7 +3,6 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-import time
 from pathlib import Path
 
 import numpy as np
@@ -83,12 +82,10 @@ def test_digits_fixed_stratified_split() -> None:
     assert np.all(np.abs(per_class - 0.2) < 0.01)
 
 
-def test_synthetic_cifar_is_fast_seeded_and_learnable() -> None:
-    start = time.perf_counter()
+def test_synthetic_cifar_is_seeded_and_learnable() -> None:
     big = load_dataset(
         "synthetic_cifar", None, synthetic_train=50_000, synthetic_test=10
     )
-    assert time.perf_counter() - start < 2.0
     assert big.x_train.shape == (50_000, 3, 32, 32) and big.x_train.dtype == np.uint8
     assert np.bincount(big.y_train).tolist() == [5000] * 10
     del big

@@ -14,7 +14,9 @@ from fedsim.cli import main
 from tests.fixtures import QUICKSTART, REPO
 
 
-def test_unknown_key_exits_2_before_ray_starts(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_key_exits_2_before_ray_starts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import ray
 
     code = main(["run", str(QUICKSTART), "model.gama=0.3"])
@@ -34,12 +36,30 @@ def test_missing_dataset_names_path_and_fetch_command(
 ) -> None:
     import ray
 
-    code = main(["run", str(QUICKSTART), "data.name=cifar10", f"data.root={tmp_path}",
-                 "model.arch=vgg16"])
+    code = main(
+        [
+            "run",
+            str(QUICKSTART),
+            "data.name=cifar10",
+            f"data.root={tmp_path}",
+            "model.arch=vgg16",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert str(tmp_path) in err
     assert "fedsim data download cifar10" in err
+    assert not ray.is_initialized()
+
+
+def test_model_that_does_not_fit_the_data_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import ray
+
+    assert main(["run", str(QUICKSTART), "model.arch=vgg16"]) == 2
+    err = capsys.readouterr().err
+    assert "model.arch=vgg16 cannot be built for data.name=digits" in err
     assert not ray.is_initialized()
 
 
@@ -51,7 +71,10 @@ def test_missing_dataset_names_path_and_fetch_command(
     ],
 )
 def test_params_json_matches_paper_sizes(
-    capsys: pytest.CaptureFixture[str], config: str, gamma: float, num_params: int,
+    capsys: pytest.CaptureFixture[str],
+    config: str,
+    gamma: float,
+    num_params: int,
     original: int,
 ) -> None:
     assert main(["params", str(REPO / "configs" / config), "--json"]) == 0
@@ -82,9 +105,21 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
     """What `make run` does: the quickstart on an embedded Ray, as a subprocess."""
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsim", "run", str(QUICKSTART), f"log.root={tmp_path}",
-         "log.progress=false"],
-        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path, check=False,
+        [
+            sys.executable,
+            "-m",
+            "fedsim",
+            "run",
+            str(QUICKSTART),
+            f"log.root={tmp_path}",
+            "log.progress=false",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "run directory:" in proc.stdout and "tensorboard --logdir" in proc.stdout

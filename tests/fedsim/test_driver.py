@@ -51,7 +51,9 @@ def test_pfedpara_sends_only_global_factors(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, "model.param=pfedpara", "rounds=1")
     result = run_experiment(cfg, backend="local")
     model = build_classifier(cfg, 10, (1, 8, 8)).model
-    local = {n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] in {"x2", "y2"}}
+    local = {
+        n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] in {"x2", "y2"}
+    }
     assert local, "pfedpara model must have local factors"
     travelling = sum(p.numel() for n, p in model.named_parameters() if n not in local)
     row = read_metrics(result.run_dir)[0]
@@ -70,12 +72,27 @@ def test_run_directory_and_tensorboard(tmp_path: Path) -> None:
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "partition.json"):
         assert (run_dir / name).is_file(), name
     rows = read_metrics(run_dir)
-    required = {"round", "accuracy", "loss", "train_loss", "bytes_up", "bytes_down",
-                "cumulative_bytes", "num_clients", "num_failed", "round_seconds"}
+    required = {
+        "round",
+        "accuracy",
+        "loss",
+        "train_loss",
+        "bytes_up",
+        "bytes_down",
+        "cumulative_bytes",
+        "num_clients",
+        "num_failed",
+        "round_seconds",
+    }
     assert all(required <= row.keys() for row in rows)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert {"final_accuracy", "best_accuracy", "rounds", "total_bytes",
-            "num_params"} <= summary.keys()
+    assert {
+        "final_accuracy",
+        "best_accuracy",
+        "rounds",
+        "total_bytes",
+        "num_params",
+    } <= summary.keys()
     assert summary["rounds"] == 3
     assert summary["final_accuracy"] == rows[-1]["accuracy"]
 
@@ -90,7 +107,9 @@ def test_run_directory_and_tensorboard(tmp_path: Path) -> None:
             [row[tag] for row in rows], rel=1e-6
         ), tag
     vs_bytes = acc.Scalars("accuracy_vs_cumulative_kB")
-    assert [e.step for e in vs_bytes] == [round(r["cumulative_bytes"] / 1e3) for r in rows]
+    assert [e.step for e in vs_bytes] == [
+        round(r["cumulative_bytes"] / 1e3) for r in rows
+    ]
     assert "data/label_distribution" in acc.Tags()["images"]
     hparams = run_dir / "tb"
     assert any(hparams.iterdir())
@@ -109,18 +128,23 @@ class FlakyBackend(LocalBackend):
             if i == len(tasks) - 1:
                 yield ClientFailure(result.client_id, "simulated crash")
             elif i == 0 and isinstance(result, ClientUpdate):
-                bad = {k: torch.full_like(v, float("nan")) for k, v in result.tensors.items()}
-                yield ClientUpdate(result.client_id, bad, result.num_examples, 0, 0.0, 0.0)
+                bad = {
+                    k: torch.full_like(v, float("nan"))
+                    for k, v in result.tensors.items()
+                }
+                yield ClientUpdate(
+                    result.client_id, bad, result.num_examples, 0, 0.0, 0.0
+                )
             else:
                 yield result
 
 
-def test_failures_are_recorded_not_crashes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failures_are_recorded_not_crashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import fedsim.experiment as experiment
 
-    monkeypatch.setattr(
-        experiment, "make_backend", lambda name, cfg: FlakyBackend(cfg)
-    )
+    monkeypatch.setattr(experiment, "make_backend", lambda name, cfg: FlakyBackend(cfg))
     cfg = tiny_config(tmp_path, "server.clients_per_round=4")
     result = run_experiment(cfg, backend="local")
     for row in read_metrics(result.run_dir):
@@ -135,7 +159,9 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
     full = run_experiment(tiny_config(tmp_path / "a", "rounds=3"), backend="local")
     part = run_experiment(tiny_config(tmp_path / "b", "rounds=2"), backend="local")
     resumed = run_experiment(
-        tiny_config(tmp_path / "b", "rounds=3"), backend="local", run_dir=part.run_dir,
+        tiny_config(tmp_path / "b", "rounds=3"),
+        backend="local",
+        run_dir=part.run_dir,
         resume=True,
     )
     a = read_metrics(full.run_dir)
@@ -155,6 +181,11 @@ def test_make_backend_local(tmp_path: Path) -> None:
     with make_backend("local", cfg).attach(data, part) as backend:
         assert backend.num_workers == 1
         ev = backend.evaluate(
-            {k: v for k, v in build_classifier(cfg, 10, (1, 8, 8)).model.state_dict().items()}
+            {
+                k: v
+                for k, v in build_classifier(cfg, 10, (1, 8, 8))
+                .model.state_dict()
+                .items()
+            }
         )
         assert 0.0 <= ev.accuracy <= 1.0 and ev.num_examples == len(data.y_test)

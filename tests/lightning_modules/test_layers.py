@@ -138,7 +138,9 @@ def test_linear_rules_hand_computed() -> None:
         ({"kernel_size": 0}, "kernel_size must be a positive integer"),
     ],
 )
-def test_fedpara_rank_rejects_bad_input(kwargs: dict[str, object], message: str) -> None:
+def test_fedpara_rank_rejects_bad_input(
+    kwargs: dict[str, object], message: str
+) -> None:
     args: dict[str, object] = {
         "out_features": 64,
         "in_features": 64,

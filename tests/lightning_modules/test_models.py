@@ -26,11 +26,12 @@ from lightning_modules.models import (
     ARCHS,
     CharLSTM,
     ModelSpec,
+    ParamKind,
     build_model,
     num_params_original,
 )
 
-PARAMS = ("original", "lowrank", "fedpara", "pfedpara")
+PARAMS: tuple[ParamKind, ...] = ("original", "lowrank", "fedpara", "pfedpara")
 C10 = ModelSpec("vgg16", 10, (3, 32, 32))
 C100 = ModelSpec("vgg16", 100, (3, 32, 32))
 MNIST = ModelSpec("mlp", 10, (1, 28, 28))
@@ -74,15 +75,18 @@ def test_vgg16_original_sizes_are_exact() -> None:
 
 
 def test_vgg16_reparameterizes_exactly_the_13_convs() -> None:
-    for param, conv_type in [
+    cases: list[tuple[ParamKind, type[nn.Module]]] = [
         ("original", nn.Conv2d),
         ("lowrank", LowRankConv2d),
         ("fedpara", FedParaConv2d),
         ("pfedpara", FedParaConv2d),
-    ]:
+    ]
+    for param, conv_type in cases:
         model = built(dataclasses.replace(C10, param=param))
         features = model.get_submodule("features")
-        convs = [i for i, m in enumerate(features) if isinstance(m, conv_type)]
+        convs = [
+            i for i, m in enumerate(features.children()) if isinstance(m, conv_type)
+        ]
         assert tuple(convs) == VGG_CONV_INDICES, param
         classifier = model.get_submodule("classifier")
         linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
@@ -98,7 +102,7 @@ def test_vgg16_lowrank_stays_within_fedpara_budget() -> None:
 
 @pytest.mark.parametrize("param", PARAMS)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_output_shapes(arch: str, param: str) -> None:
+def test_output_shapes(arch: str, param: ParamKind) -> None:
     torch.manual_seed(0)
     spec = dataclasses.replace(EXAMPLES[arch], param=param)
     model = built(spec)
@@ -125,6 +129,13 @@ def _he_ratios(model: nn.Module) -> dict[str, float]:
     return ratios
 
 
+INIT_VARIANTS: list[tuple[ParamKind, bool]] = [
+    ("fedpara", False),
+    ("pfedpara", False),
+    ("lowrank", False),
+    ("fedpara", True),  # tanh variant
+    ("pfedpara", True),
+]
 INIT_SPECS = {
     f"{name}-{param}{'-tanh' if tanh else ''}": dataclasses.replace(
         spec, param=param, nonlinear=tanh
@@ -134,13 +145,7 @@ INIT_SPECS = {
         ("vgg16-0.4", dataclasses.replace(C100, gamma=0.4)),
         ("mlp", MNIST),
     ]
-    for param, tanh in [
-        ("fedpara", False),
-        ("pfedpara", False),
-        ("lowrank", False),
-        ("fedpara", True),
-        ("pfedpara", True),
-    ]
+    for param, tanh in INIT_VARIANTS
     if not (tanh and name == "vgg16-0.4")  # tanh: one VGG size is enough
 }
 
@@ -180,11 +185,16 @@ def test_local_state_names_pfedpara_mlp() -> None:
 def test_small_layers_stay_dense_when_fedpara_would_not_save() -> None:
     # Rule B at 0.5: 128 -> 10 gets R = max(4, 12, 5) = 12, 3312 weights > 1280.
     spec = ModelSpec("mlp_digits", 10, (1, 8, 8), gamma=0.5, rank_rule="official")
-    layers = [m for m in build_model(spec) if isinstance(m, nn.Linear | FactorizedLayer)]
+    layers = [
+        m
+        for m in build_model(spec).children()
+        if isinstance(m, nn.Linear | FactorizedLayer)
+    ]
     assert [type(m) for m in layers] == [FedParaLinear, FedParaLinear, nn.Linear]
-    for param in ("lowrank", "pfedpara"):
+    params: tuple[ParamKind, ...] = ("lowrank", "pfedpara")
+    for param in params:
         model = build_model(dataclasses.replace(spec, param=param))
-        assert isinstance(list(model)[-1], nn.Linear)
+        assert isinstance(list(model.children())[-1], nn.Linear)
 
 
 @pytest.mark.parametrize("arch", ["mlp", "mlp_digits", "cnn", "lstm"])
@@ -223,7 +233,7 @@ def test_lstm_original_matches_torch_lstm() -> None:
 
 
 @pytest.mark.parametrize("param", ["lowrank", "fedpara", "pfedpara"])
-def test_lstm_factorizes_both_matrices_of_each_layer(param: str) -> None:
+def test_lstm_factorizes_both_matrices_of_each_layer(param: ParamKind) -> None:
     model = build_model(dataclasses.replace(EXAMPLES["lstm"], param=param))
     expected = LowRankLinear if param == "lowrank" else FedParaLinear
     factorized = [m for m in model.modules() if isinstance(m, FactorizedLayer)]

@@ -29,11 +29,17 @@ def test_pool_size_from_resources() -> None:
     assert pool_size(fixed, {"CPU": 1}) == 5
 
 
-def test_same_seed_same_results_with_1_and_2_actors(tmp_path: Path, ray_session: object) -> None:
+def test_same_seed_same_results_with_1_and_2_actors(
+    tmp_path: Path, ray_session: object
+) -> None:
     runs = []
     for actors in (1, 2):
-        cfg = tiny_config(tmp_path / str(actors), "rounds=3", f"resources.num_actors={actors}",
-                          "server.clients_per_round=4")
+        cfg = tiny_config(
+            tmp_path / str(actors),
+            "rounds=3",
+            f"resources.num_actors={actors}",
+            "server.clients_per_round=4",
+        )
         runs.append(run_experiment(cfg, backend="ray"))
     local = run_experiment(
         tiny_config(tmp_path / "local", "rounds=3", "server.clients_per_round=4"),
@@ -60,8 +66,12 @@ def test_fractional_gpu_actors_placed_four_per_gpu(tmp_path: Path) -> None:
     start_ray(None, num_cpus=8, num_gpus=2)
     try:
         cfg = tiny_config(
-            tmp_path, "rounds=1", "data.num_clients=8", "server.clients_per_round=8",
-            "resources.gpus_per_client=0.25", "resources.cpus_per_client=1",
+            tmp_path,
+            "rounds=1",
+            "data.num_clients=8",
+            "server.clients_per_round=8",
+            "resources.gpus_per_client=0.25",
+            "resources.cpus_per_client=1",
         )
         data, part = load_data(cfg)
         with RayPool(cfg).attach(data, part) as pool:
@@ -80,7 +90,9 @@ def test_fractional_gpu_actors_placed_four_per_gpu(tmp_path: Path) -> None:
             layout = StateLayout.of(model)
             tracker = Tracker(tmp_path / "run", cfg)
             driver = Driver(cfg, pool, FedAvg(), layout, tracker)
-            state, metrics = driver.run_round(ServerState(0, initial_state(model, layout)))
+            state, metrics = driver.run_round(
+                ServerState(0, initial_state(model, layout))
+            )
             tracker.close()
             assert metrics.num_failed == 0 and metrics.num_clients == 8
             assert state.round == 1
@@ -88,7 +100,9 @@ def test_fractional_gpu_actors_placed_four_per_gpu(tmp_path: Path) -> None:
         ray.shutdown()
 
 
-def test_dead_actor_is_replaced_and_client_retried(tmp_path: Path, ray_session: object) -> None:
+def test_dead_actor_is_replaced_and_client_retried(
+    tmp_path: Path, ray_session: object
+) -> None:
     import ray
 
     from fedsim.backend.ray_pool import RayPool
@@ -97,7 +111,9 @@ def test_dead_actor_is_replaced_and_client_retried(tmp_path: Path, ray_session: 
     from fedsim.messages import ClientTask, ClientUpdate
     from fedsim.params import StateLayout, initial_state
 
-    cfg = tiny_config(tmp_path, "resources.num_actors=1", "resources.max_client_retries=1")
+    cfg = tiny_config(
+        tmp_path, "resources.num_actors=1", "resources.max_client_retries=1"
+    )
     data, part = load_data(cfg)
     model = build_classifier(cfg, 10, (1, 8, 8)).model
     payload = initial_state(model, StateLayout.of(model))
