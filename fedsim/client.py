@@ -120,7 +120,10 @@ class ClientRunner:
                 x = prepare_batch(x_all[idx], self.data.info, train=True, generator=gen)
                 batch = (x.to(self.device), y_all[idx].to(self.device))
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = self.wrapped.training_step(batch, start)
+                # Calling training_step directly bypasses the wrapper's forward,
+                # so mixed precision has to be entered here.
+                with self.fabric.autocast():
+                    loss = self.wrapped.training_step(batch, start)
                 self.fabric.backward(loss)
                 self.optimizer.step()
                 loss_sum += loss.detach() * len(idx)
