@@ -31,7 +31,7 @@ from fedsim.messages import (
 )
 from fedsim.params import StateLayout, Tensors, is_finite, payload_nbytes
 from fedsim.state import ClientStateStore
-from fedsim.strategy import Strategy
+from fedsim.strategy import AggregationError, Strategy
 from fedsim.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -149,8 +149,10 @@ class Driver:
         updates = self._accepted(results, outcome)
         try:
             new_global = self.strategy.aggregate_train(payload, updates)
-        except ValueError as exc:  # every client failed: keep the model
-            log.warning("round %d: %s; global model unchanged", r, exc)
+        except AggregationError:
+            if outcome.up:  # some updates were accepted: a real error
+                raise
+            log.warning("round %d: every client failed; global model unchanged", r)
             new_global = dict(payload)
         # --- evaluate -------------------------------------------------------
         evaluation = state.last_eval
@@ -191,11 +193,10 @@ class Driver:
                 log.warning("client %d failed: %s", result.client_id, result.reason)
                 outcome.failures.append(result)
                 continue
-            if not is_finite(result.tensors):
-                outcome.failures.append(
-                    ClientFailure(result.client_id, "non-finite update")
-                )
-                log.warning("client %d sent a non-finite update", result.client_id)
+            reason = self._reject(result)
+            if reason:
+                log.warning("client %d: %s", result.client_id, reason)
+                outcome.failures.append(ClientFailure(result.client_id, reason))
                 continue
             # Measured on what arrived, not on what the client claims.
             outcome.up[result.client_id] = payload_nbytes(result.tensors)
@@ -203,6 +204,16 @@ class Driver:
             if self.store is not None and result.local_state:
                 self.store.put(result.client_id, result.local_state)
             yield result
+
+    def _reject(self, update: ClientUpdate) -> str | None:
+        """Why an update cannot be aggregated, or None when it can."""
+        if set(update.tensors) != set(self.layout.global_names):
+            return "update tensors do not match the global model"
+        if update.num_examples <= 0:
+            return "update trained on no examples"
+        if not is_finite(update.tensors):
+            return "non-finite update"
+        return None
 
     def _maybe_checkpoint(self, state: ServerState) -> None:
         every = self.cfg.log.checkpoint_every

@@ -116,7 +116,7 @@ def test_run_directory_and_tensorboard(tmp_path: Path) -> None:
 
 
 class FlakyBackend(LocalBackend):
-    """Client 0's update is NaN and the last client of each round fails."""
+    """Per round: the first update is NaN, the second lacks a tensor, the last fails."""
 
     def train(
         self,
@@ -135,6 +135,9 @@ class FlakyBackend(LocalBackend):
                 yield ClientUpdate(
                     result.client_id, bad, result.num_examples, 0, 0.0, 0.0
                 )
+            elif i == 1 and isinstance(result, ClientUpdate):
+                partial = dict(list(result.tensors.items())[1:])
+                yield ClientUpdate(result.client_id, partial, 5, 0, 0.0, 0.0)
             else:
                 yield result
 
@@ -148,8 +151,8 @@ def test_failures_are_recorded_not_crashes(
     cfg = tiny_config(tmp_path, "server.clients_per_round=4")
     result = run_experiment(cfg, backend="local")
     for row in read_metrics(result.run_dir):
-        assert row["num_failed"] == 2
-        assert row["num_clients"] == 2
+        assert row["num_failed"] == 3
+        assert row["num_clients"] == 1
         assert row["accuracy"] == row["accuracy"]  # NaN never reached the model
     state = load_checkpoint(result.run_dir)
     assert all(torch.isfinite(t).all() for t in state.global_tensors.values())
@@ -189,3 +192,32 @@ def test_make_backend_local(tmp_path: Path) -> None:
             }
         )
         assert 0.0 <= ev.accuracy <= 1.0 and ev.num_examples == len(data.y_test)
+
+
+class DownBackend(LocalBackend):
+    """Every client fails."""
+
+    def train(
+        self,
+        tasks: Sequence[ClientTask],
+        payload: Mapping[str, Any],
+        local_state: LocalStates,
+    ) -> Iterator[ClientResult]:
+        for task in tasks:
+            yield ClientFailure(task.client_id, "network down")
+
+
+def test_a_round_where_every_client_fails_keeps_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedsim.experiment as experiment
+
+    monkeypatch.setattr(experiment, "make_backend", lambda name, cfg: DownBackend(cfg))
+    cfg = tiny_config(tmp_path, "rounds=1")
+    result = run_experiment(cfg, backend="local")
+    row = read_metrics(result.run_dir)[0]
+    assert (row["num_failed"], row["num_clients"], row["bytes_up"]) == (3, 0, 0)
+    initial = build_classifier(cfg, 10, (1, 8, 8)).model.state_dict()
+    final = load_checkpoint(result.run_dir).global_tensors
+    for name, tensor in final.items():
+        torch.testing.assert_close(tensor, initial[name], rtol=0, atol=0)
