@@ -61,10 +61,10 @@ OVERRIDES = [
 
 def plain_loop() -> dict[str, float]:
     """The same rounds as fedsim, written as the shortest honest PyTorch loop."""
-    from fedsim.client import model_spec
     from fedsim.data import prepare_batch
     from fedsim.driver import client_seed, sample_cohort
     from fedsim.experiment import load_data
+    from fedsim.model import model_spec
     from lightning_modules.models import build_model
 
     t_start = time.perf_counter()

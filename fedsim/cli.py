@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a federated experiment")
-    run.add_argument("config", nargs="?", help="YAML config (see configs/)")
+    run.add_argument(
+        "config", nargs="?", help="YAML config (see configs/); omitted: the defaults"
+    )
     run.add_argument("overrides", nargs="*", help="key=value overrides")
     run.add_argument(
         "--run-dir", type=Path, help="where to write (default runs/NAME/TIME)"
@@ -128,14 +130,22 @@ def _run(args: argparse.Namespace) -> int:
         cfg = resume_config(args.resume, overrides)
         run_dir: Path | None = args.resume
     else:
-        if args.config is None:
-            raise ConfigError("give a config file (e.g. configs/quickstart.yaml)")
-        cfg = load_config(args.config, args.overrides)
+        config, overrides = _split_config(args.config, args.overrides)
+        cfg = load_config(config, overrides)
         run_dir = args.run_dir
     preflight(cfg)  # before Ray starts
     return run_and_report(
         cfg, args.backend, run_dir, args.address, args.resume is not None
     )
+
+
+def _split_config(
+    config: str | None, overrides: list[str]
+) -> tuple[str | None, list[str]]:
+    """Allow ``fedsim run key=value ...`` with no file: the defaults plus overrides."""
+    if config is not None and "=" in config and not Path(config).exists():
+        return None, [config, *overrides]
+    return config, overrides
 
 
 def run_and_report(

@@ -153,24 +153,23 @@ class ClientRunner:
 
     @torch.no_grad()
     def evaluate(self, payload: Mapping[str, Tensor], batch_size: int) -> EvalResult:
-        """Loss and accuracy of the global model on the dataset's test split."""
+        """Loss and accuracy (torchmetrics) of the global model on the test split."""
         self._load(payload, self._initial_local)
         self.module.eval()
+        accuracy = self.module.val_accuracy
+        accuracy.reset()
         x_test, y_test = self.data.x_test, self.data.y_test
-        loss_sum, correct = 0.0, 0
+        loss_sum = torch.zeros((), device=self.device)
         for start in range(0, len(y_test), batch_size):
             # A copy: the arrays may be read-only views of Ray's shared memory.
             x = torch.tensor(x_test[start : start + batch_size])
             y = torch.tensor(y_test[start : start + batch_size])
             x = prepare_batch(x, self.data.info, train=False).to(self.device)
-            y = y.to(self.device)
             with self.fabric.autocast():
-                logits = self.module(x)
-            loss_sum += float(
-                torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum")
-            )
-            correct += int((logits.argmax(dim=1) == y).sum())
+                loss_sum += self.module.validation_step((x, y.to(self.device)), start)
         n = len(y_test)
         return EvalResult(
-            loss=loss_sum / max(n, 1), accuracy=correct / max(n, 1), num_examples=n
+            loss=float(loss_sum) / max(n, 1),
+            accuracy=float(accuracy.compute()) if n else 0.0,
+            num_examples=n,
         )

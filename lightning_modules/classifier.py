@@ -64,15 +64,16 @@ class Classifier(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """Mean cross-entropy of one batch."""
         x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        self.train_accuracy.update(logits.detach(), y)
-        return loss
+        return F.cross_entropy(self(x), y)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """Summed cross-entropy of one batch (divide by the example count)."""
+        """Summed cross-entropy of one batch; accumulates ``val_accuracy``.
+
+        Sum rather than mean, so that a caller can divide by the example count
+        of a whole split whose last batch is short.
+        """
         x, y = batch
-        logits = self(x)
+        logits = self(x).float()
         self.val_accuracy.update(logits, y)
         return F.cross_entropy(logits, y, reduction="sum")
 
