@@ -51,9 +51,7 @@ class Classifier(pl.LightningModule):
         self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
-        self.train_accuracy = MulticlassAccuracy(
-            num_classes=num_classes, average="micro"
-        )
+        # Test-split accuracy of the global model (the client's evaluation).
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,7 +28,7 @@ def test_validation_step_sums_loss_and_accumulates_accuracy() -> None:
         (x[3:], y[3:]), 1
     )
     torch.testing.assert_close(loss, F.cross_entropy(logits, y, reduction="sum"))
-    assert float(module.val_accuracy.compute()) == 0.8
+    assert float(module.val_accuracy.compute()) == pytest.approx(0.8)
 
 
 def test_optimizer_from_constructor() -> None:
