@@ -18,13 +18,14 @@ import os
 import traceback
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.exceptions import RayActorError, RayError
 
 from fedsim.backend.base import Backend, ClientResult, LocalStates
-from fedsim.config import Config
+from fedsim.config import Config, ConfigError
 from fedsim.data import FederatedData, Partition
 from fedsim.messages import ClientFailure, ClientTask, EvalResult
 
@@ -60,6 +61,49 @@ def start_ray(
         configure_logging=True,
     )
     return True
+
+
+def fit_slice(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> Config:
+    """Check that one client's slice fits a node; without GPUs, train on CPU.
+
+    ``nodes`` are the alive nodes' total resources. A GPU slice asked of a
+    cluster that has no GPU at all falls back to CPU training with a warning
+    (the paper configs ask for 0.25 GPU); a slice that no node can hold is an
+    error, since Ray would otherwise wait for it forever.
+
+    >>> from fedsim.config import load_config
+    >>> cfg = load_config(None, ["resources.gpus_per_client=0.25"])
+    >>> fit_slice(cfg, [{"CPU": 2.0}]).resources.gpus_per_client
+    0.0
+    """
+    res = cfg.resources
+    if res.gpus_per_client > 0 and not any(n.get("GPU", 0) > 0 for n in nodes):
+        log.warning(
+            "the Ray cluster has no GPU: clients train on CPU "
+            "(set resources.gpus_per_client=0 to say so and silence this)"
+        )
+        res = replace(res, gpus_per_client=0.0)
+    fits = any(
+        n.get("CPU", 0) >= res.cpus_per_client
+        and n.get("GPU", 0) >= res.gpus_per_client
+        for n in nodes
+    )
+    if not fits:
+        biggest = max(
+            nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={}
+        )
+        raise ConfigError(
+            f"resources: one client asks for {res.cpus_per_client} CPU and "
+            f"{res.gpus_per_client} GPU, but the largest node has "
+            f"{biggest.get('CPU', 0)} CPU and {biggest.get('GPU', 0)} GPU; lower "
+            "resources.cpus_per_client / resources.gpus_per_client"
+        )
+    return replace(cfg, resources=res)
+
+
+def alive_node_resources() -> list[dict[str, float]]:
+    """Total resources of each alive node of the connected cluster."""
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 
 def pool_size(cfg: Config, resources: Mapping[str, float]) -> int:
@@ -153,6 +197,7 @@ class RayPool(Backend):
     """
 
     def __init__(self, cfg: Config) -> None:
+        cfg = fit_slice(cfg, alive_node_resources())
         self.cfg = cfg
         self.num_workers = pool_size(cfg, ray.cluster_resources())
         self._refs: tuple[Any, Any] | None = None

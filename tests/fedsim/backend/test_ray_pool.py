@@ -29,6 +29,27 @@ def test_pool_size_from_resources() -> None:
     assert pool_size(fixed, {"CPU": 1}) == 5
 
 
+def test_gpu_slice_without_gpus_falls_back_to_cpu() -> None:
+    from fedsim.backend.ray_pool import fit_slice
+
+    cfg = load_config(QUICKSTART, ["resources.gpus_per_client=0.25"])
+    assert fit_slice(cfg, [{"CPU": 2.0}]).resources.gpus_per_client == 0.0
+    kept = fit_slice(cfg, [{"CPU": 2.0}, {"CPU": 16.0, "GPU": 1.0}])
+    assert kept.resources.gpus_per_client == 0.25
+
+
+def test_slice_no_node_can_hold_is_a_config_error() -> None:
+    from fedsim.backend.ray_pool import fit_slice
+    from fedsim.config import ConfigError
+
+    cfg = load_config(QUICKSTART, ["resources.cpus_per_client=4"])
+    with pytest.raises(ConfigError, match=r"largest node has 2\.0 CPU"):
+        fit_slice(cfg, [{"CPU": 2.0}, {"CPU": 1.0}])
+    gpu = load_config(QUICKSTART, ["resources.gpus_per_client=2"])
+    with pytest.raises(ConfigError, match=r"lower resources\.cpus_per_client"):
+        fit_slice(gpu, [{"CPU": 8.0, "GPU": 1.0}])
+
+
 def test_same_seed_same_results_with_1_and_2_actors(
     tmp_path: Path, ray_session: object
 ) -> None:
