@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from fedsim.config import load_config
-from fedsim.data import dataset_info, prepare_batch
+from fedsim.data import dataset_info
+from fedsim.data.transforms import prepare_batch
 
 CUDA = torch.cuda.is_available()
 SMALL = [

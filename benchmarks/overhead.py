@@ -10,8 +10,10 @@ global evaluation on 1,000 test images every round, in both.
 Printed: both wall times, steady-state seconds per round (rounds after the
 first; median), fedsim's start-up (command start to first round start), and the
 fixed cost per client round: actor-seconds per client round (steady round time
-x actors / clients per round) minus plain seconds per client round. The last
-line is one JSON object.
+x actors / clients per round) minus the plain loop's seconds per client round
+with one thread, as an actor has (a short 4-round run). Both programs are timed
+as whole commands, interpreter start and imports included. The last line is one
+JSON object.
 
     .venv/bin/python benchmarks/overhead.py [--repeats 3]
 """
@@ -59,9 +61,9 @@ OVERRIDES = [
 ]
 
 
-def plain_loop() -> dict[str, float]:
+def plain_loop(rounds: int) -> dict[str, float]:
     """The same rounds as fedsim, written as the shortest honest PyTorch loop."""
-    from fedsim.data import prepare_batch
+    from fedsim.data.transforms import prepare_batch
     from fedsim.driver import client_seed, sample_cohort
     from fedsim.experiment import load_data
     from fedsim.model import model_spec
@@ -78,7 +80,7 @@ def plain_loop() -> dict[str, float]:
     x_test = torch.from_numpy(data.x_test.copy())
     y_test = torch.from_numpy(data.y_test.copy())
     round_times = []
-    for r in range(cfg.rounds):
+    for r in range(rounds):
         t0 = time.perf_counter()
         sums = {
             k: torch.zeros_like(v, dtype=torch.float64) for k, v in global_state.items()
@@ -108,7 +110,7 @@ def plain_loop() -> dict[str, float]:
             _ = float((logits.argmax(1) == y_test).float().mean())
         round_times.append(time.perf_counter() - t0)
     return {
-        "wall_s": time.perf_counter() - t_start,
+        "loop_s": time.perf_counter() - t_start,
         "steady_round_s": statistics.median(round_times[1:]),
     }
 
@@ -144,14 +146,43 @@ def fedsim_run() -> dict[str, float]:
     }
 
 
+def run_plain(threads: int, rounds: int) -> dict[str, float]:
+    """The plain loop as its own command, timed from the command's start."""
+    t_cmd = time.time()
+    out = subprocess.run(
+        [sys.executable, __file__, "--plain", str(threads), str(rounds)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    ).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    result["wall_s"] = time.time() - t_cmd
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--plain",
+        nargs=2,
+        type=int,
+        metavar=("THREADS", "ROUNDS"),
+        help=argparse.SUPPRESS,
+    )
     args = parser.parse_args()
+    if args.plain:
+        torch.set_num_threads(args.plain[0])
+        print(json.dumps(plain_loop(args.plain[1])))
+        return
     runs = []
     for i in range(args.repeats):
-        plain, fed = plain_loop(), fedsim_run()
-        fixed = (fed["steady_round_s"] * ACTORS - plain["steady_round_s"]) / COHORT
+        plain = run_plain(torch.get_num_threads(), ROUNDS)
+        # The per-client compute of an actor (1 thread), to isolate fixed costs.
+        plain1 = run_plain(1, 4)
+        fed = fedsim_run()
+        actor_s = fed["steady_round_s"] * ACTORS / COHORT
         run = {
             "plain_wall_s": plain["wall_s"],
             "fedsim_wall_s": fed["wall_s"],
@@ -160,7 +191,11 @@ def main() -> None:
             "startup_s": fed["startup_s"],
             "ratio": fed["wall_s"] / plain["wall_s"],
             "steady_ratio": fed["steady_round_s"] / plain["steady_round_s"],
-            "fixed_ms_per_client_round": 1000 * fixed,
+            "fixed_ms_per_client_round": 1000
+            * (actor_s - plain1["steady_round_s"] / COHORT),
+            "plain_1thread_ms_per_client_round": 1000
+            * plain1["steady_round_s"]
+            / COHORT,
             "fedsim_final_accuracy": fed["final_accuracy"],
         }
         runs.append(run)

@@ -26,7 +26,8 @@ from lightning.fabric import Fabric
 from torch import Tensor
 
 from fedsim.config import Config
-from fedsim.data import FederatedData, Partition, prepare_batch
+from fedsim.data import FederatedData, Partition
+from fedsim.data.transforms import prepare_batch
 from fedsim.messages import ClientTask, ClientUpdate, EvalResult
 from fedsim.model import build_backbone
 from fedsim.params import StateLayout, Tensors, payload_nbytes
@@ -152,24 +153,33 @@ class ClientRunner:
     # ---------------------------------------------------------------- evaluation
 
     @torch.no_grad()
-    def evaluate(self, payload: Mapping[str, Tensor], batch_size: int) -> EvalResult:
-        """Loss and accuracy (torchmetrics) of the global model on the test split."""
+    def evaluate(
+        self,
+        payload: Mapping[str, Tensor],
+        batch_size: int,
+        shard: tuple[int, int] = (0, 1),
+    ) -> EvalResult:
+        """Evaluate the global model on shard ``i`` of ``n`` of the test split.
+
+        Accuracy comes from the LightningModule's torchmetrics metric; the
+        shards are contiguous and together cover the split exactly once.
+        """
         self._load(payload, self._initial_local)
         self.module.eval()
         accuracy = self.module.val_accuracy
         accuracy.reset()
-        x_test, y_test = self.data.x_test, self.data.y_test
+        i, n = shard
+        total = len(self.data.y_test)
+        lo, hi = total * i // n, total * (i + 1) // n
         loss_sum = torch.zeros((), device=self.device)
-        for start in range(0, len(y_test), batch_size):
+        for start in range(lo, hi, batch_size):
+            stop = min(start + batch_size, hi)
             # A copy: the arrays may be read-only views of Ray's shared memory.
-            x = torch.tensor(x_test[start : start + batch_size])
-            y = torch.tensor(y_test[start : start + batch_size])
+            x = torch.tensor(self.data.x_test[start:stop])
+            y = torch.tensor(self.data.y_test[start:stop]).to(self.device)
             x = prepare_batch(x, self.data.info, train=False).to(self.device)
             with self.fabric.autocast():
-                loss_sum += self.module.validation_step((x, y.to(self.device)), start)
-        n = len(y_test)
-        return EvalResult(
-            loss=float(loss_sum) / max(n, 1),
-            accuracy=float(accuracy.compute()) if n else 0.0,
-            num_examples=n,
-        )
+                loss_sum += self.module.validation_step((x, y), start)
+        count = hi - lo
+        correct = round(float(accuracy.compute()) * count) if count else 0
+        return EvalResult(float(loss_sum), correct, count)

@@ -1,8 +1,9 @@
 """``fedsim submit | status | logs | stop``: runs as Ray jobs on a cluster.
 
 The job's entry point is ``python -m ray_jobs.train CONFIG [overrides]``; the
-project folder travels as the job's working directory (without .venv, runs/ and
-.git), so the cluster needs only the dependencies installed.
+project folder travels as the job's working directory (without .venv, runs/,
+data/ and .git), so the cluster needs only the dependencies installed. Datasets
+are read from ``data.root`` on the cluster's nodes.
 
 Ray's token authentication is on by default: the SDK then needs
 ``RAY_AUTH_MODE=token`` in the environment (the token is read from
@@ -22,7 +23,16 @@ from typing import Any
 from fedsim.config import ConfigError, load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-EXCLUDES = [".venv", "runs", ".git", "**/__pycache__", ".mypy_cache", ".ruff_cache"]
+EXCLUDES = [
+    ".venv",
+    "runs",
+    "data",
+    ".git",
+    ".whl",
+    "**/__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+]
 
 
 def _client(address: str | None) -> Any:

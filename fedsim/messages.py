@@ -9,7 +9,7 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,11 +64,37 @@ class ClientFailure:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Global-model evaluation on a test split."""
+    """Global-model evaluation on (a shard of) a test split, as exact sums.
 
-    loss: float
-    accuracy: float
+    Sums rather than means, so that shards evaluated by different workers
+    combine into the same accuracy whatever the number of shards.
+
+    >>> EvalResult.merge([EvalResult(2.0, 3, 4), EvalResult(1.0, 1, 4)]).accuracy
+    0.5
+    """
+
+    loss_sum: float
+    correct: int
     num_examples: int
+
+    @property
+    def loss(self) -> float:
+        """Mean cross-entropy."""
+        return self.loss_sum / self.num_examples if self.num_examples else float("nan")
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of correct predictions."""
+        return self.correct / self.num_examples if self.num_examples else 0.0
+
+    @staticmethod
+    def merge(parts: Sequence[EvalResult]) -> EvalResult:
+        """Combine the results of disjoint shards."""
+        return EvalResult(
+            loss_sum=sum(p.loss_sum for p in parts),
+            correct=sum(p.correct for p in parts),
+            num_examples=sum(p.num_examples for p in parts),
+        )
 
 
 @dataclass(frozen=True)

@@ -159,10 +159,10 @@ class ClientActor:
             reason = "".join(traceback.format_exception_only(exc)).strip()
             return ClientFailure(task.client_id, reason)
 
-    def evaluate(self, boxed: list[Any]) -> EvalResult:
-        """Evaluate the global model on the test split."""
+    def evaluate(self, boxed: list[Any], shard: tuple[int, int]) -> EvalResult:
+        """Evaluate the global model on one shard of the test split."""
         return self.runner.evaluate(
-            self._resolve(boxed), self.cfg.server.eval_batch_size
+            self._resolve(boxed), self.cfg.server.eval_batch_size, shard
         )
 
     def touch_data(self) -> int:
@@ -201,11 +201,22 @@ class RayPool(Backend):
         self.cfg = cfg
         self.num_workers = pool_size(cfg, ray.cluster_resources())
         self._refs: tuple[Any, Any] | None = None
+        self._last_payload: tuple[Mapping[str, Any], list[Any]] | None = None
         self._options = {
             "num_cpus": cfg.resources.cpus_per_client,
             "num_gpus": cfg.resources.gpus_per_client,
         }
         self.actors = [self._spawn() for _ in range(self.num_workers)]
+
+    def _put(self, payload: Mapping[str, Any]) -> list[Any]:
+        """Put the payload into the object store once, boxed (see ``_resolve``).
+
+        The model just evaluated is the next round's payload: the same object,
+        so it is put once and every actor fetches it once.
+        """
+        if self._last_payload is None or self._last_payload[0] is not payload:
+            self._last_payload = (payload, [ray.put(dict(payload))])
+        return self._last_payload[1]
 
     def _spawn(self) -> Any:
         return ClientActor.options(**self._options).remote(self.cfg)  # type: ignore[attr-defined]
@@ -237,7 +248,7 @@ class RayPool(Backend):
         Finished updates stay in the object store until it is their turn, so
         the driver holds one update at a time.
         """
-        boxed = [ray.put(dict(payload))]
+        boxed = self._put(payload)
         pending = deque(tasks)
         retries = {t.client_id: self.cfg.resources.max_client_retries for t in tasks}
         idle = deque(range(len(self.actors)))
@@ -278,10 +289,13 @@ class RayPool(Backend):
             return ClientFailure(task.client_id, f"ray error: {exc}")
 
     def evaluate(self, payload: Mapping[str, Any]) -> EvalResult:
-        """Evaluate on the first actor."""
-        boxed = [ray.put(dict(payload))]
-        result: EvalResult = ray.get(self.actors[0].evaluate.remote(boxed))
-        return result
+        """Every actor evaluates one contiguous shard of the test split."""
+        boxed = self._put(payload)
+        n = len(self.actors)
+        parts = ray.get(
+            [a.evaluate.remote(boxed, (i, n)) for i, a in enumerate(self.actors)]
+        )
+        return EvalResult.merge(parts)
 
     def shutdown(self) -> None:
         """Kill the actors (Ray itself is stopped by whoever started it)."""

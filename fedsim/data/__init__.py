@@ -23,7 +23,6 @@ from fedsim.data.partition import (
     make_partition,
     partition_summary,
 )
-from fedsim.data.transforms import prepare_batch
 
 __all__ = [
     "DATASETS",
@@ -44,3 +43,13 @@ __all__ = [
     "partition_summary",
     "prepare_batch",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # prepare_batch needs torch; importing it lazily keeps `import fedsim.data`
+    # (and so the CLI's config and data checks) free of torch's import time.
+    if name == "prepare_batch":
+        from fedsim.data.transforms import prepare_batch
+
+        return prepare_batch
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -63,3 +63,17 @@ def test_cpu_fallback_without_cuda() -> None:
     assert pick_device(0.0).type == "cpu"
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert pick_device(0.25).type == expected
+
+
+def test_evaluation_shards_combine_to_the_whole_split(tmp_path: Path) -> None:
+    from fedsim.messages import EvalResult
+
+    runner, payload = make_runner(tmp_path)
+    update = runner.train(task(0), payload, None)
+    whole = runner.evaluate(update.tensors, 64)
+    parts = [runner.evaluate(update.tensors, 64, (i, 3)) for i in range(3)]
+    merged = EvalResult.merge(parts)
+    assert whole.num_examples == merged.num_examples == len(runner.data.y_test)
+    assert whole.correct == merged.correct
+    assert 0 < whole.correct < whole.num_examples
+    assert merged.loss == pytest.approx(whole.loss, rel=1e-5)
