@@ -19,12 +19,11 @@ import json
 import logging
 import os
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 from fedsim.config import Config, ConfigError, load_config
-from fedsim.data import DataError, check_available, download
+from fedsim.data import DataError, download
 
 EXIT_USAGE = 2
 
@@ -132,7 +131,6 @@ def _run(args: argparse.Namespace) -> int:
         config, overrides = _split_config(args.config, args.overrides)
         cfg = load_config(config, overrides)
         run_dir = args.run_dir
-    check_available(cfg.data.name, cfg.data.root)  # before Ray starts
     return run_and_report(
         cfg, args.backend, run_dir, args.address, args.resume is not None
     )
@@ -147,38 +145,13 @@ def _split_config(
     return config, overrides
 
 
-class _Preflight:
-    """:func:`fedsim.experiment.preflight` in a background thread."""
-
-    def __init__(self, cfg: Config) -> None:
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._check, args=(cfg,), daemon=True)
-        self._thread.start()
-
-    def _check(self, cfg: Config) -> None:
-        try:
-            from fedsim.experiment import preflight
-
-            preflight(cfg)
-        except BaseException as exc:  # re-raised in the caller's thread
-            self._error = exc
-
-    def result(self) -> None:
-        """Wait for the check; raise what it raised."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
 def run_and_report(
     cfg: Config, backend: str, run_dir: Path | None, address: str | None, resume: bool
 ) -> int:
-    """Start Ray if needed, run, print the summary paragraph; stop what we started.
+    """Start Ray if needed, run, print the summary paragraph; stop what we started."""
+    from fedsim.experiment import preflight, run_experiment
 
-    The model check (which imports torch, about 2 s) runs in a thread while Ray
-    starts, so start-up pays for the longer of the two rather than their sum.
-    """
-    checked = _Preflight(cfg)
+    preflight(cfg)  # data present, model buildable: before Ray starts
     started = False
     if backend == "ray":
         if not (address or os.environ.get("RAY_ADDRESS")):
@@ -188,9 +161,6 @@ def run_and_report(
 
         started = start_ray(address or cfg.resources.address)
     try:
-        checked.result()
-        from fedsim.experiment import run_experiment
-
         result = run_experiment(cfg, backend=backend, run_dir=run_dir, resume=resume)  # type: ignore[arg-type]
     finally:
         if started:

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from fedsim.backend.base import Backend, ClientResult
 from fedsim.comm import Ledger, RoundTraffic
@@ -98,28 +97,6 @@ class Driver:
         self.layout = layout
         self.tracker = tracker
         self.store = store
-
-    def run(self, state: ServerState) -> ServerState:
-        """Run the remaining rounds from ``state`` and return the final state."""
-        bar = tqdm(
-            total=self.cfg.rounds,
-            initial=state.round,
-            desc=self.cfg.name,
-            unit="round",
-            disable=not self.cfg.log.progress,
-            dynamic_ncols=True,
-        )
-        with bar:
-            while state.round < self.cfg.rounds:
-                state, metrics = self.run_round(state)
-                bar.update(1)
-                bar.set_postfix(
-                    acc=f"{metrics.accuracy:.4f}",
-                    GB=f"{metrics.cumulative_bytes / 1e9:.3f}",
-                    failed=metrics.num_failed,
-                )
-                self._maybe_checkpoint(state)
-        return state
 
     def run_round(self, state: ServerState) -> tuple[ServerState, RoundMetrics]:
         """One round from ``state``: returns the next state and its metrics."""
@@ -215,7 +192,8 @@ class Driver:
             return "non-finite update"
         return None
 
-    def _maybe_checkpoint(self, state: ServerState) -> None:
+    def maybe_checkpoint(self, state: ServerState) -> None:
+        """Save ``state`` every ``log.checkpoint_every`` rounds and at the end."""
         every = self.cfg.log.checkpoint_every
         if every and (state.round % every == 0 or state.round == self.cfg.rounds):
             save_checkpoint(self.tracker.run_dir, state)

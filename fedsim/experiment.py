@@ -1,5 +1,9 @@
 """Put a run together: data, partition, run directory, backend, driver.
 
+:class:`Experiment` owns one run and steps it round by round; :func:`drive`
+steps any such run to the end with a progress bar; :func:`run_experiment`
+does both, in this process or in a driver actor on Ray.
+
 Example
 -------
 >>> from fedsim.config import load_config
@@ -13,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from fedsim.backend.base import Backend
 from fedsim.config import Config, ConfigError, load_config
@@ -29,11 +33,12 @@ from fedsim.data import (
     partition_summary,
 )
 from fedsim.driver import Driver, ServerState, load_checkpoint
+from fedsim.messages import RoundMetrics
 from fedsim.model import build_backbone
 from fedsim.params import StateLayout, initial_state
 from fedsim.state import ClientStateStore
 from fedsim.strategy import build_strategy
-from fedsim.tracking import Tracker, new_run_dir
+from fedsim.tracking import Progress, Tracker, new_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +109,113 @@ def make_backend(name: BackendName, cfg: Config) -> Backend:
     return RayPool(cfg)
 
 
+class Experiment:
+    """One run, round by round: what the driver owns.
+
+    Made in this process for the in-process backend, and inside the driver
+    actor for Ray (see :mod:`fedsim.backend.ray_driver`). Building it starts
+    the workers, loads and splits the data, opens the run directory and puts
+    the server state in place (from the checkpoint when resuming).
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        backend: BackendName,
+        run_dir: Path | None = None,
+        resume: bool = False,
+    ) -> None:
+        check_available(cfg.data.name, cfg.data.root)
+        self.cfg = cfg
+        self._t_start = time.perf_counter()
+        self.pool = make_backend(backend, cfg)  # workers start importing now
+        try:
+            data, partition = load_data(cfg)
+            self.run_dir = run_dir or new_run_dir(cfg)
+            self.tracker = Tracker(self.run_dir, cfg, resume=resume)
+        except BaseException:
+            self.pool.shutdown()
+            raise
+        try:
+            self._setup(data, partition, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, data: FederatedData, partition: Partition, resume: bool) -> None:
+        cfg, info = self.cfg, data.info
+        if not resume:
+            self.tracker.log_partition(
+                partition_summary(partition, data.y_train, info.num_classes),
+                label_heatmap(partition, data.y_train, info.num_classes),
+            )
+        self.model = build_backbone(cfg, info.num_classes, info.input_shape)
+        self.layout = StateLayout.of(self.model)
+        self.state = (
+            load_checkpoint(self.run_dir)
+            if resume
+            else ServerState(0, initial_state(self.model, self.layout))
+        )
+        store = (
+            ClientStateStore(self.run_dir / "client_state")
+            if self.layout.local_names
+            else None
+        )
+        self.pool.attach(data, partition)
+        strategy = build_strategy(cfg.server.strategy)
+        self.driver = Driver(cfg, self.pool, strategy, self.layout, self.tracker, store)
+
+    def next_round(self) -> int:
+        """The round :meth:`step` runs next (``cfg.rounds`` when done)."""
+        return self.state.round
+
+    def step(self) -> RoundMetrics:
+        """Run one round, checkpoint when due, and return its metrics."""
+        self.state, metrics = self.driver.run_round(self.state)
+        self.driver.maybe_checkpoint(self.state)
+        return metrics
+
+    def finish(self) -> RunResult:
+        """Write summary.json, release the workers, return the result."""
+        seconds = time.perf_counter() - self._t_start
+        summary = _summary(self.cfg, self.state, self.layout, self.model, seconds)
+        self.tracker.finish(summary)
+        self.close()
+        return RunResult(self.run_dir, summary)
+
+    def close(self) -> None:
+        """Release the workers and close the files (idempotent)."""
+        self.pool.shutdown()
+        self.tracker.close()
+
+
+class Steps(Protocol):
+    """What :func:`drive` needs: an :class:`Experiment` or a driver actor's handle."""
+
+    def next_round(self) -> int:
+        """The round the next :meth:`step` runs."""
+
+    def step(self) -> RoundMetrics:
+        """Run one round."""
+
+    def finish(self) -> RunResult:
+        """Write the summary; return the result."""
+
+    def close(self) -> None:
+        """Release everything (idempotent)."""
+
+
+def drive(run: Steps, cfg: Config) -> RunResult:
+    """Step ``run`` to ``cfg.rounds`` with a progress bar; always close it."""
+    try:
+        with Progress(cfg, run.next_round()) as progress:
+            for _ in range(run.next_round(), cfg.rounds):
+                progress.update(run.step())
+        return run.finish()
+    finally:
+        run.close()
+
+
 def run_experiment(
     cfg: Config,
     *,
@@ -113,44 +225,17 @@ def run_experiment(
 ) -> RunResult:
     """Run ``cfg`` to completion and return the run directory and summary.
 
-    With ``backend="ray"`` Ray must already be initialized (see
-    :func:`fedsim.backend.ray_pool.start_ray`). With ``resume=True``, ``run_dir``
-    must hold a checkpoint; the run continues from its last saved round.
+    ``backend="ray"``: a driver actor on this node owns the round loop and the
+    client actors (Ray must already be initialized, see
+    :func:`fedsim.backend.ray_pool.start_ray`). ``backend="local"``: the same
+    loop in this process. With ``resume=True``, ``run_dir`` must hold a
+    checkpoint; the run continues from its last saved round.
     """
-    check_available(cfg.data.name, cfg.data.root)
-    t_start = time.perf_counter()
-    with make_backend(backend, cfg) as pool:  # workers start importing now
-        data, partition = load_data(cfg)
-        run_dir = run_dir or new_run_dir(cfg)
-        tracker = Tracker(run_dir, cfg, resume=resume)
-        try:
-            info = data.info
-            if not resume:
-                tracker.log_partition(
-                    partition_summary(partition, data.y_train, info.num_classes),
-                    label_heatmap(partition, data.y_train, info.num_classes),
-                )
-            model = build_backbone(cfg, info.num_classes, info.input_shape)
-            layout = StateLayout.of(model)
-            state = (
-                load_checkpoint(run_dir)
-                if resume
-                else ServerState(0, initial_state(model, layout))
-            )
-            store = (
-                ClientStateStore(run_dir / "client_state")
-                if layout.local_names
-                else None
-            )
-            pool.attach(data, partition)
-            strategy = build_strategy(cfg.server.strategy)
-            final = Driver(cfg, pool, strategy, layout, tracker, store).run(state)
-            seconds = time.perf_counter() - t_start
-            summary = _summary(cfg, final, layout, model, seconds)
-            tracker.finish(summary)
-        finally:
-            tracker.close()
-    return RunResult(run_dir, summary)
+    if backend == "ray":
+        from fedsim.backend.ray_driver import DriverHandle
+
+        return drive(DriverHandle(cfg, run_dir, resume), cfg)
+    return drive(Experiment(cfg, backend, run_dir, resume), cfg)
 
 
 def _summary(

@@ -133,3 +133,34 @@ def read_metrics(run_dir: Path) -> Sequence[dict[str, Any]]:
     """The rows of a run's metrics.jsonl."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+class Progress:
+    """A progress bar over rounds showing accuracy, cumulative GB and failures."""
+
+    def __init__(self, cfg: Config, initial: int) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(
+            total=cfg.rounds,
+            initial=initial,
+            desc=cfg.name,
+            unit="round",
+            disable=not cfg.log.progress,
+            dynamic_ncols=True,
+        )
+
+    def update(self, metrics: RoundMetrics) -> None:
+        """Advance one round."""
+        self._bar.update(1)
+        self._bar.set_postfix(
+            acc=f"{metrics.accuracy:.4f}",
+            GB=f"{metrics.cumulative_bytes / 1e9:.3f}",
+            failed=metrics.num_failed,
+        )
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.close()

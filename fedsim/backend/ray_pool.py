@@ -53,6 +53,9 @@ def start_ray(
         return True
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(
+        # "local": always a new instance; a bare ray.init() would try to join
+        # the last `ray start` cluster recorded in /tmp/ray, even a dead one.
+        address="local",
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         include_dashboard=False,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +35,8 @@ def free_port() -> int:
 def ray_head(tmp_path: Path) -> Iterator[str]:
     """`ray start --head --block` on loopback; stopped through its process group."""
     port, dash = free_port(), free_port()
+    # Short: Ray's socket paths under it must stay within 107 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="fedsim-ray-", dir="/tmp")
     env = {
         **os.environ,
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -50,6 +55,9 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
             f"--dashboard-port={dash}",
             "--num-cpus=2",
             "--disable-usage-stats",
+            # Its own temp dir: the head's address file must not outlive the test
+            # (a bare ray.init() elsewhere would try to join the dead head).
+            f"--temp-dir={temp_dir}",
         ],
         env=env,
         start_new_session=True,
@@ -67,12 +75,15 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
             time.sleep(0.5)
         yield address
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # ray start --block stops its children
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)  # ray start --block stops its children
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_submit_follow_status_logs_stop(
