@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "data":
             print(f"{args.name} is in {download(args.name, args.root)}")
             return 0
-        from fedsim import jobs
+        from fedsim.backend import jobs
 
         return jobs.dispatch(args)
     except (ConfigError, DataError, FileNotFoundError) as exc:

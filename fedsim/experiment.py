@@ -114,22 +114,22 @@ class Experiment:
 
     Made in this process for the in-process backend, and inside the driver
     actor for Ray (see :mod:`fedsim.backend.ray_driver`). Building it starts
-    the workers, loads and splits the data, opens the run directory and puts
-    the server state in place (from the checkpoint when resuming).
+    loads and splits the data, opens the run directory, puts the server state in
+    place (from the checkpoint when resuming) and hands the workers the data.
     """
 
     def __init__(
         self,
         cfg: Config,
-        backend: BackendName,
+        pool: Backend,
         run_dir: Path | None = None,
         resume: bool = False,
     ) -> None:
-        check_available(cfg.data.name, cfg.data.root)
         self.cfg = cfg
         self._t_start = time.perf_counter()
-        self.pool = make_backend(backend, cfg)  # workers start importing now
+        self.pool = pool  # its workers may still be starting: they finish meanwhile
         try:
+            check_available(cfg.data.name, cfg.data.root)
             data, partition = load_data(cfg)
             self.run_dir = run_dir or new_run_dir(cfg)
             self.tracker = Tracker(self.run_dir, cfg, resume=resume)
@@ -235,7 +235,7 @@ def run_experiment(
         from fedsim.backend.ray_driver import DriverHandle
 
         return drive(DriverHandle(cfg, run_dir, resume), cfg)
-    return drive(Experiment(cfg, backend, run_dir, resume), cfg)
+    return drive(Experiment(cfg, make_backend(backend, cfg), run_dir, resume), cfg)
 
 
 def _summary(

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from fedsim.data import FederatedData, Partition
 from fedsim.messages import ClientFailure, ClientTask, ClientUpdate, EvalResult
-from fedsim.params import Tensors
+
+if TYPE_CHECKING:  # torch-free at run time: the driver actor spawns clients first
+    from fedsim.params import Tensors
 
 ClientResult = ClientUpdate | ClientFailure
-LocalStates = Callable[[int], Tensors | None]
+LocalStates = Callable[[int], "Tensors | None"]
 
 
 class Backend(ABC):

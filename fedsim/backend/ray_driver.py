@@ -38,9 +38,18 @@ class DriverActor:
 
     def start(self, cfg: Config, run_dir: Path | None, resume: bool) -> int:
         """Build the experiment; return the next round to run."""
-        from fedsim.experiment import Experiment
+        from fedsim.backend.ray_pool import RayPool  # imports no torch: fast
 
-        self._exp = Experiment(cfg, "ray", run_dir, resume)
+        # Client actors start importing torch and Lightning now, while this
+        # actor imports them and loads the data.
+        pool = RayPool(cfg)
+        try:
+            from fedsim.experiment import Experiment
+
+            self._exp = Experiment(cfg, pool, run_dir, resume)
+        except BaseException:
+            pool.shutdown()
+            raise
         return int(self._exp.next_round())
 
     def step(self) -> RoundMetrics:

@@ -22,7 +22,7 @@ from typing import Any
 
 from fedsim.config import ConfigError, load_config
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXCLUDES = [
     ".venv",
     "runs",
