@@ -9,8 +9,9 @@ dataset (100 images). Every actor reads every byte of the training images
 growth_per_actor_fraction = (summed USS slope per added actor with the big
 dataset - the same slope with the tiny dataset) / dataset bytes: the private
 memory each added actor spends on the data. A per-actor copy gives about 1.0;
-zero-copy sharing gives about 0. RSS counts shared pages in every process that
-touches them, so it is printed but does not measure copies.
+zero-copy sharing gives about 0. A control run whose actors do copy the data
+must come out near 1.0 (``control_copy_fraction``). RSS counts shared pages in
+every process that touches them, so it is printed but does not measure copies.
 
     .venv/bin/python benchmarks/memory.py
 """
@@ -25,7 +26,6 @@ from pathlib import Path
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psutil
 import ray
 
 from fedsim.backend.ray_pool import RayPool, start_ray
@@ -36,15 +36,20 @@ ACTORS = (1, 2, 4)
 
 
 def memory_of(pids: list[int]) -> dict[str, float]:
+    """Summed RSS, USS (private pages) and PSS in MB, from /proc/PID/smaps_rollup."""
     total = {"rss": 0.0, "uss": 0.0, "pss": 0.0}
     for pid in pids:
-        info = psutil.Process(pid).memory_full_info()
-        for key in total:
-            total[key] += getattr(info, key) / 1e6
+        fields: dict[str, float] = {}
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, value = line.split(":", 1)
+            fields[key] = float(value.split()[0]) / 1e3  # kB -> MB
+        total["rss"] += fields["Rss"]
+        total["pss"] += fields["Pss"]
+        total["uss"] += fields["Private_Clean"] + fields["Private_Dirty"]
     return total
 
 
-def measure(n_train: int, actors: int) -> dict[str, float]:
+def measure(n_train: int, actors: int, private_copy: bool = False) -> dict[str, float]:
     cfg = load_config(
         None,
         [
@@ -61,7 +66,7 @@ def measure(n_train: int, actors: int) -> dict[str, float]:
     )
     data, part = load_data(cfg)
     with RayPool(cfg).attach(data, part) as pool:
-        ray.get([a.touch_data.remote() for a in pool.actors])
+        ray.get([a.touch_data.remote(private_copy) for a in pool.actors])
         pids = [p["pid"] for p in pool.placements()]
         mem = memory_of(pids)
     mem["dataset_mb"] = data.x_train.nbytes / 1e6
@@ -77,20 +82,20 @@ def main() -> None:
     try:
         big = {k: measure(50_000, k) for k in ACTORS}
         tiny = {k: measure(100, k) for k in ACTORS}
+        # Control: actors that do copy the data must come out near 1.0.
+        copied = {k: measure(50_000, k, private_copy=True) for k in ACTORS}
     finally:
         ray.shutdown()
     dataset_mb = big[1]["dataset_mb"]
     print(f"dataset: {dataset_mb:.1f} MB of training images")
-    print(
-        f"{'actors':>6} {'RSS MB':>9} {'USS MB':>9} {'PSS MB':>9}   (tiny dataset USS)"
-    )
+    cols = ("RSS MB", "USS MB", "PSS MB", "tiny RSS", "tiny USS", "copy USS")
+    print(f"{'actors':>6} " + " ".join(f"{c:>9}" for c in cols))
     for k in ACTORS:
-        b = big[k]
-        print(
-            f"{k:>6} {b['rss']:>9.1f} {b['uss']:>9.1f} {b['pss']:>9.1f}   "
-            f"({tiny[k]['uss']:.1f})"
-        )
+        b, t, c = big[k], tiny[k], copied[k]
+        values = (b["rss"], b["uss"], b["pss"], t["rss"], t["uss"], c["uss"])
+        print(f"{k:>6} " + " ".join(f"{v:>9.1f}" for v in values))
     growth = slope(big, "uss") - slope(tiny, "uss")
+    control = slope(copied, "uss") - slope(tiny, "uss")
     result = {
         "dataset_mb": round(dataset_mb, 1),
         "uss_per_actor_mb": round(slope(big, "uss"), 1),
@@ -99,11 +104,13 @@ def main() -> None:
         "pss_per_actor_mb": round(slope(big, "pss"), 1),
         "growth_per_actor_mb": round(growth, 1),
         "growth_per_actor_fraction": round(growth / dataset_mb, 4),
+        "control_copy_fraction": round(control / dataset_mb, 4),
     }
     print(
         f"data-attributable growth per added actor: {growth:.1f} MB "
         f"= {100 * growth / dataset_mb:.1f}% of the dataset (goal < 10%)"
     )
+    print(f"control, actors that copy the data: {100 * control / dataset_mb:.1f}%")
     print(json.dumps(result))
 
 

@@ -168,9 +168,16 @@ class ClientActor:
             self._resolve(boxed), self.cfg.server.eval_batch_size, shard
         )
 
-    def touch_data(self) -> int:
-        """Read every byte of the training inputs (for the memory benchmark)."""
+    def touch_data(self, private_copy: bool = False) -> int:
+        """Read every byte of the training inputs (for the memory benchmark).
+
+        ``private_copy`` keeps a copy in this actor, the control case that
+        the benchmark must be able to see.
+        """
         x = self.runner.data.x_train
+        if private_copy:
+            self._copy = x.copy()
+            x = self._copy
         return int(x.reshape(len(x), -1).sum(axis=1, dtype="int64").sum())
 
     def placement(self) -> dict[str, Any]:
