@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedsim.config import Config, ConfigError, load_config
-from fedsim.data import DataError, download
+from fedsim.data import DataError, check_available, download
+from fedsim.loop import RunResult
 
 EXIT_USAGE = 2
 
@@ -145,13 +146,31 @@ def _split_config(
     return config, overrides
 
 
+def _run_backend(
+    cfg: Config, backend: str, run_dir: Path | None, resume: bool
+) -> RunResult:
+    if backend == "ray":
+        from fedsim.backend.ray_driver import run_on_ray
+
+        return run_on_ray(cfg, run_dir, resume)
+    from fedsim.experiment import run_experiment
+
+    return run_experiment(cfg, backend="local", run_dir=run_dir, resume=resume)
+
+
 def run_and_report(
     cfg: Config, backend: str, run_dir: Path | None, address: str | None, resume: bool
 ) -> int:
-    """Start Ray if needed, run, print the summary paragraph; stop what we started."""
-    from fedsim.experiment import preflight, run_experiment
+    """Start Ray if needed, run, print the summary paragraph; stop what we started.
 
-    preflight(cfg)  # data present, model buildable: before Ray starts
+    With Ray, this process only shows progress: the driver actor imports torch,
+    checks that the model fits the data and runs the rounds.
+    """
+    check_available(cfg.data.name, cfg.data.root)  # before Ray starts
+    if backend == "local":
+        from fedsim.experiment import preflight
+
+        preflight(cfg)
     started = False
     if backend == "ray":
         if not (address or os.environ.get("RAY_ADDRESS")):
@@ -161,7 +180,7 @@ def run_and_report(
 
         started = start_ray(address or cfg.resources.address)
     try:
-        result = run_experiment(cfg, backend=backend, run_dir=run_dir, resume=resume)  # type: ignore[arg-type]
+        result = _run_backend(cfg, backend, run_dir, resume)
     finally:
         if started:
             import ray

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
+
+from torch import nn
 
 from fedsim.backend.base import Backend
 from fedsim.config import Config, ConfigError, load_config
@@ -33,28 +34,21 @@ from fedsim.data import (
     partition_summary,
 )
 from fedsim.driver import Driver, ServerState, load_checkpoint
+from fedsim.loop import RunResult, drive
 from fedsim.messages import RoundMetrics
 from fedsim.model import build_backbone
 from fedsim.params import StateLayout, initial_state
 from fedsim.state import ClientStateStore
 from fedsim.strategy import build_strategy
-from fedsim.tracking import Progress, Tracker, new_run_dir
+from fedsim.tracking import Tracker, new_run_dir
 
 log = logging.getLogger(__name__)
 
 BackendName = Literal["ray", "local"]
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """Where a run wrote its files and what it ended with."""
-
-    run_dir: Path
-    summary: dict[str, Any]
-
-
-def preflight(cfg: Config) -> None:
-    """Everything that can be checked before Ray starts: data present, model buildable.
+def preflight(cfg: Config) -> nn.Module:
+    """Check that the data is present and the model fits it; return the model.
 
     Raises
     ------
@@ -66,7 +60,7 @@ def preflight(cfg: Config) -> None:
     check_available(cfg.data.name, cfg.data.root)
     info = dataset_info(cfg.data.name)
     try:
-        build_backbone(cfg, info.num_classes, info.input_shape)
+        return build_backbone(cfg, info.num_classes, info.input_shape)
     except ValueError as exc:
         raise ConfigError(
             f"model.arch={cfg.model.arch} cannot be built for data.name="
@@ -129,7 +123,7 @@ class Experiment:
         self._t_start = time.perf_counter()
         self.pool = pool  # its workers may still be starting: they finish meanwhile
         try:
-            check_available(cfg.data.name, cfg.data.root)
+            self.model = preflight(cfg)
             data, partition = load_data(cfg)
             self.run_dir = run_dir or new_run_dir(cfg)
             self.tracker = Tracker(self.run_dir, cfg, resume=resume)
@@ -149,7 +143,6 @@ class Experiment:
                 partition_summary(partition, data.y_train, info.num_classes),
                 label_heatmap(partition, data.y_train, info.num_classes),
             )
-        self.model = build_backbone(cfg, info.num_classes, info.input_shape)
         self.layout = StateLayout.of(self.model)
         self.state = (
             load_checkpoint(self.run_dir)
@@ -189,33 +182,6 @@ class Experiment:
         self.tracker.close()
 
 
-class Steps(Protocol):
-    """What :func:`drive` needs: an :class:`Experiment` or a driver actor's handle."""
-
-    def next_round(self) -> int:
-        """The round the next :meth:`step` runs."""
-
-    def step(self) -> RoundMetrics:
-        """Run one round."""
-
-    def finish(self) -> RunResult:
-        """Write the summary; return the result."""
-
-    def close(self) -> None:
-        """Release everything (idempotent)."""
-
-
-def drive(run: Steps, cfg: Config) -> RunResult:
-    """Step ``run`` to ``cfg.rounds`` with a progress bar; always close it."""
-    try:
-        with Progress(cfg, run.next_round()) as progress:
-            for _ in range(run.next_round(), cfg.rounds):
-                progress.update(run.step())
-        return run.finish()
-    finally:
-        run.close()
-
-
 def run_experiment(
     cfg: Config,
     *,
@@ -232,9 +198,9 @@ def run_experiment(
     checkpoint; the run continues from its last saved round.
     """
     if backend == "ray":
-        from fedsim.backend.ray_driver import DriverHandle
+        from fedsim.backend.ray_driver import run_on_ray
 
-        return drive(DriverHandle(cfg, run_dir, resume), cfg)
+        return run_on_ray(cfg, run_dir, resume)
     return drive(Experiment(cfg, make_backend(backend, cfg), run_dir, resume), cfg)
 
 

@@ -8,8 +8,7 @@ The actor asks for no CPU, so every core stays with the client actors.
 
 Example
 -------
->>> from fedsim.experiment import drive
->>> result = drive(DriverHandle(cfg, run_dir=None, resume=False), cfg)  # doctest: +SKIP
+>>> result = run_on_ray(cfg, run_dir=None, resume=False)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,7 +20,9 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from fedsim.config import Config
+from fedsim.config import Config, ConfigError
+from fedsim.data import DataError
+from fedsim.loop import RunResult, drive
 from fedsim.messages import RoundMetrics
 
 
@@ -77,6 +78,11 @@ class DriverHandle:
         ).remote()
         try:
             self._next = int(ray.get(self._actor.start.remote(cfg, run_dir, resume)))
+        except ray.exceptions.RayTaskError as exc:
+            ray.kill(self._actor)
+            if isinstance(exc.cause, ConfigError | DataError):
+                raise exc.cause from None  # a fix-it message, not a remote traceback
+            raise
         except BaseException:
             ray.kill(self._actor)
             raise
@@ -91,9 +97,10 @@ class DriverHandle:
         self._next = metrics.round + 1
         return metrics
 
-    def finish(self) -> Any:
-        """Finish the run in the actor; returns its RunResult."""
-        return ray.get(self._actor.finish.remote())
+    def finish(self) -> RunResult:
+        """Finish the run in the actor and return its result."""
+        result: RunResult = ray.get(self._actor.finish.remote())
+        return result
 
     def close(self) -> None:
         """Close the experiment and end the actor (idempotent)."""
@@ -101,3 +108,8 @@ class DriverHandle:
         with contextlib.suppress(ray.exceptions.RayError):
             ray.get(self._actor.close.remote(), timeout=60)
         ray.kill(self._actor)
+
+
+def run_on_ray(cfg: Config, run_dir: Path | None, resume: bool) -> RunResult:
+    """Run ``cfg`` in a driver actor on this node; show progress here."""
+    return drive(DriverHandle(cfg, run_dir, resume), cfg)

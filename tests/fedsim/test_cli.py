@@ -57,7 +57,7 @@ def test_model_that_does_not_fit_the_data_exits_2(
 ) -> None:
     import ray
 
-    assert main(["run", str(QUICKSTART), "model.arch=vgg16"]) == 2
+    assert main(["run", str(QUICKSTART), "model.arch=vgg16", "--backend", "local"]) == 2
     err = capsys.readouterr().err
     assert "model.arch=vgg16 cannot be built for data.name=digits" in err
     assert not ray.is_initialized()

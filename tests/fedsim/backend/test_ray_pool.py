@@ -145,3 +145,16 @@ def test_dead_actor_is_replaced_and_client_retried(
         results = list(pool.train(tasks, payload, lambda _: None))
         assert [type(r) for r in results] == [ClientUpdate, ClientUpdate]
         assert pool.actors[0] is not victim
+
+
+def test_driver_actor_reports_config_errors_as_themselves(
+    tmp_path: Path, ray_session: object
+) -> None:
+    from fedsim.config import ConfigError
+
+    cfg = tiny_config(tmp_path, "model.arch=vgg16")  # 8x8 digits cannot feed VGG16
+    with pytest.raises(
+        ConfigError, match=r"cannot be built for data\.name=digits"
+    ) as info:
+        run_experiment(cfg, backend="ray")
+    assert "Traceback" not in str(info.value)
