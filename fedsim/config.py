@@ -25,22 +25,14 @@ from typing import Any, Literal
 
 import yaml
 
+from fedsim.data.base import DatasetName
+
 Partition = Literal["iid", "dirichlet", "shards", "natural"]
 ParamKind = Literal["original", "lowrank", "fedpara", "pfedpara"]
 RankRule = Literal["paper", "official"]
 StrategyName = Literal["fedavg"]
 Precision = Literal["32-true", "16-mixed", "bf16-mixed"]
 Arch = Literal["vgg16", "mlp", "mlp_digits", "lstm", "cnn"]
-DatasetName = Literal[
-    "digits",
-    "cifar10",
-    "cifar100",
-    "cinic10",
-    "mnist",
-    "femnist",
-    "shakespeare",
-    "synthetic_cifar",
-]
 
 
 class ConfigError(ValueError):

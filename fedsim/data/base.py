@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -33,6 +34,18 @@ DISPLAY_NAMES: dict[str, str] = {
     "shakespeare": "Shakespeare (LEAF)",
     "synthetic_cifar": "Synthetic CIFAR",
 }
+
+
+DatasetName = Literal[
+    "digits",
+    "cifar10",
+    "cifar100",
+    "cinic10",
+    "mnist",
+    "femnist",
+    "shakespeare",
+    "synthetic_cifar",
+]
 
 
 class DataError(ValueError):

@@ -18,20 +18,18 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 from fedsim.data import builtin, cifar, leaf, mnist
-from fedsim.data.base import DataError, DatasetInfo, DatasetNotFoundError, FederatedData
-
-DATASETS: tuple[str, ...] = (
-    "digits",
-    "cifar10",
-    "cifar100",
-    "cinic10",
-    "mnist",
-    "femnist",
-    "shakespeare",
-    "synthetic_cifar",
+from fedsim.data.base import (
+    DataError,
+    DatasetInfo,
+    DatasetName,
+    DatasetNotFoundError,
+    FederatedData,
 )
+
+DATASETS: tuple[str, ...] = get_args(DatasetName)
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)

@@ -70,3 +70,16 @@ def test_frozen_and_roundtrip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted(QUICKSTART.parent.glob("*.yaml")))
 def test_every_shipped_config_loads(path: Path) -> None:
     load_config(path)
+
+
+def test_config_choices_match_what_the_code_builds() -> None:
+    from typing import get_args
+
+    from fedsim import config
+    from fedsim.data import DATASETS
+    from lightning_modules import models, rank
+
+    assert get_args(config.Arch) == models.ARCHS
+    assert get_args(config.ParamKind) == get_args(models.ParamKind)
+    assert get_args(config.RankRule) == get_args(rank.RankRule)
+    assert get_args(config.DatasetName) == DATASETS
