@@ -1,4 +1,4 @@
-"""Ray on loopback for every test; a Ray fixture that is always shut down."""
+"""Ray on loopback for every test; Ray fixtures that always shut Ray down."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import os
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
+import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 
-@pytest.fixture
-def ray_session() -> Iterator[object]:
-    """Start a fresh Ray on loopback with 2 CPUs; shut it down pass or fail."""
+@contextlib.contextmanager
+def local_ray() -> Iterator[Any]:
+    """A fresh Ray on loopback with 2 CPUs, shut down pass or fail."""
     import ray
 
     from fedsim.backend.ray_pool import start_ray
@@ -25,3 +27,17 @@ def ray_session() -> Iterator[object]:
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture
+def ray_session() -> Iterator[Any]:
+    """Ray for one test."""
+    with local_ray() as ray:
+        yield ray
+
+
+@pytest.fixture(scope="module")
+def ray_module() -> Iterator[Any]:
+    """One Ray shared by a module's tests (each run still gets its own actors)."""
+    with local_ray() as ray:
+        yield ray

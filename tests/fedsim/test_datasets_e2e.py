@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +33,14 @@ from tests.data.formats import (
 )
 from tests.fixtures import QUICKSTART, REPO
 
-pytestmark = pytest.mark.slow
+# One Ray for the module (tests/conftest.py); the CLI reuses it.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_module")]
 
 CONFIGS = REPO / "configs"
 
 # The paper configs ask for GPU slices and 2 CPUs per client; on a CPU-only test
 # Ray no actor would ever be scheduled, so every run here asks for CPUs only.
 CPU_ONLY = ["resources.gpus_per_client=0", "resources.cpus_per_client=1"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_module() -> Iterator[Any]:
-    """One Ray on loopback (2 CPUs) for the module; shut down pass or fail."""
-    import ray
-
-    from fedsim.backend.ray_pool import start_ray
-
-    start_ray(None, num_cpus=2)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 def run_cli(
