@@ -135,7 +135,8 @@ class Driver:
         evaluation = state.last_eval
         if (r + 1) % cfg.server.eval_every == 0 or r + 1 == cfg.rounds:
             evaluation = self.backend.evaluate(new_global)
-        ledger = state.ledger.record(RoundTraffic(r, down, outcome.up))
+        traffic = RoundTraffic(r, down, outcome.up)
+        ledger = state.ledger.record(traffic)
         acc = evaluation.accuracy if evaluation else float("nan")
         metrics = RoundMetrics(
             round=r,
@@ -151,7 +152,7 @@ class Driver:
             round_seconds=time.perf_counter() - t0,
             started_at=started_at,
         )
-        self.tracker.log_round(metrics, RoundTraffic(r, down, outcome.up))
+        self.tracker.log_round(metrics, traffic)
         best = max(state.best_accuracy, acc) if evaluation else state.best_accuracy
         return (
             ServerState(r + 1, new_global, ledger, best, evaluation),
