@@ -166,11 +166,9 @@ def run_and_report(
     With Ray, this process only shows progress: the driver actor imports torch,
     checks that the model fits the data and runs the rounds.
     """
-    check_available(cfg.data.name, cfg.data.root)  # before Ray starts
-    if backend == "local":
-        from fedsim.experiment import preflight
-
-        preflight(cfg)
+    # Before Ray starts; the model check runs where the model is built
+    # (Experiment: in this process, or in the driver actor).
+    check_available(cfg.data.name, cfg.data.root)
     started = False
     if backend == "ray":
         if not (address or os.environ.get("RAY_ADDRESS")):
