@@ -22,6 +22,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,9 @@ def check_transforms() -> dict[str, Any]:
 def check_runner() -> dict[str, Any]:
     from fedsim.client import ClientRunner
     from fedsim.driver import client_seed
-    from fedsim.experiment import load_data
-    from fedsim.messages import ClientTask
-    from fedsim.params import StateLayout, initial_state
+    from fedsim.experiment import checked_model, load_data, model_layout
+    from fedsim.messages import MODEL, ClientHParams, ClientTask
+    from fedsim.params import initial_state
 
     out: dict[str, Any] = {}
     for precision in ("32-true", "bf16-mixed", "16-mixed"):
@@ -87,19 +88,23 @@ def check_runner() -> dict[str, Any]:
             ],
         )
         data, part = load_data(cfg)
-        runner = ClientRunner(cfg, data, part)
-        payload = initial_state(
-            runner.module.model, StateLayout.of(runner.module.model)
+        layout = model_layout(cfg, checked_model(cfg))
+        runner = ClientRunner(cfg, data, part, layout)
+        payload = {MODEL: initial_state(runner.module.model, layout)}
+        task = ClientTask(
+            client_id=0,
+            round=0,
+            seed=client_seed(0, 0, 0),
+            hparams=ClientHParams(lr=0.1, epochs=1, batch_size=64),
         )
-        task = ClientTask(0, 0, client_seed(0, 0, 0), 0.1, 1, 64)
-        runner.train(task, payload, None)  # warm-up (cuDNN autotune, allocator)
+        runner.train(task, payload, {})  # warm-up (cuDNN autotune, allocator)
         if CUDA:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        update = runner.train(task, payload, None)
+        update = runner.train(task, payload, {})
         if CUDA:
             torch.cuda.synchronize()
-        ev = runner.evaluate(update.tensors, 500)
+        ev = runner.evaluate(update.upload[MODEL], 500)
         out[precision] = {
             "device": str(runner.device),
             "client_round_s": round(time.perf_counter() - t0, 4),
@@ -128,23 +133,32 @@ def check_ray(out_dir: Path) -> dict[str, Any]:
     import ray
 
     from fedsim.backend.ray_pool import RayPool, start_ray
-    from fedsim.experiment import load_data, run_experiment
+    from fedsim.experiment import (
+        checked_model,
+        load_data,
+        model_layout,
+        run_experiment,
+    )
 
     result: dict[str, Any] = {}
     gpus = torch.cuda.device_count() if CUDA else 2  # declared GPUs on a CPU machine
-    start_ray(None, num_gpus=gpus)
+    # A CPU dry run declares a CPU per slice too, so that four fit on each GPU.
+    start_ray(None, num_gpus=gpus, num_cpus=None if CUDA else 4 * gpus)
     try:
         cfg = load_config(
             None,
             [*SMALL, "resources.gpus_per_client=0.25", "resources.cpus_per_client=1"],
         )
         data, part = load_data(cfg)
-        with RayPool(cfg).attach(data, part) as pool:
+        layout = model_layout(cfg, checked_model(cfg))
+        with RayPool(cfg).attach(data, part, layout) as pool:
             placements = pool.placements()
         result["placements"] = [
             {k: p[k] for k in ("gpu_ids", "cuda_visible_devices", "device")}
             for p in placements
         ]
+        per_gpu = Counter(",".join(p["gpu_ids"]) for p in placements)
+        result["actors_per_gpu"] = dict(sorted(per_gpu.items()))
         for param in ("fedpara", "original"):
             cfg = load_config(
                 None,

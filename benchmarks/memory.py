@@ -30,7 +30,7 @@ import ray
 
 from fedsim.backend.ray_pool import RayPool, start_ray
 from fedsim.config import load_config
-from fedsim.experiment import load_data
+from fedsim.experiment import checked_model, load_data, model_layout
 
 ACTORS = (1, 2, 4)
 
@@ -65,7 +65,8 @@ def measure(n_train: int, actors: int, private_copy: bool = False) -> dict[str, 
         ],
     )
     data, part = load_data(cfg)
-    with RayPool(cfg).attach(data, part) as pool:
+    layout = model_layout(cfg, checked_model(cfg))
+    with RayPool(cfg).attach(data, part, layout) as pool:
         ray.get([a.touch_data.remote(private_copy) for a in pool.actors])
         pids = [p["pid"] for p in pool.placements()]
         mem = memory_of(pids)

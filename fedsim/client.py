@@ -3,7 +3,7 @@
 A :class:`ClientRunner` lives for the lifetime of a worker (a Ray actor or the
 in-process backend). It builds the LightningModule, the Fabric wrapper and the
 optimizer once, then trains one virtual client after another. Everything that
-makes a client's result depend on anything but ``(payload, local state, task)``
+makes a client's result depend on anything but ``(payload, kept state, task)``
 is reset per client: weights, optimizer state, RNG. That is what makes results
 identical for any pool size.
 
@@ -15,10 +15,11 @@ batches long.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,10 +29,11 @@ from torch import Tensor
 from fedsim.config import Config
 from fedsim.data import FederatedData, Partition
 from fedsim.data.transforms import prepare_batch
-from fedsim.messages import ClientTask, ClientUpdate, EvalResult
+from fedsim.messages import LOCAL, MODEL, Channels, ClientTask, ClientUpdate, EvalResult
 from fedsim.model import build_backbone
-from fedsim.params import StateLayout, Tensors, payload_nbytes
+from fedsim.params import StateLayout, Tensors
 from lightning_modules.classifier import Classifier
+from lightning_modules.layers import local_state_names
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,8 @@ def build_classifier(
     cfg: Config, num_classes: int, input_shape: tuple[int, ...]
 ) -> Classifier:
     """The config's backbone (seeded) inside the Lightning classifier."""
-    c = cfg.client
-    model = build_backbone(cfg, num_classes, input_shape)
-    return Classifier(model, num_classes, c.lr, c.momentum, c.weight_decay)
+    # lr, momentum and weight decay are set per task (they travel with it).
+    return Classifier(build_backbone(cfg, num_classes, input_shape), num_classes)
 
 
 def pick_device(gpus_per_client: float) -> torch.device:
@@ -53,22 +54,32 @@ def pick_device(gpus_per_client: float) -> torch.device:
 
 
 class ClientRunner:
-    """Trains virtual clients one after another on one worker.
+    """Trains and evaluates virtual clients one after another on one worker.
 
     Parameters
     ----------
     cfg
-        The experiment config.
+        The experiment config (model, seed and resources are read here; the
+        training settings travel with each task).
     data
         The dataset arrays (read-only, possibly shared zero-copy via Ray).
     partition
-        Each client's training indices.
+        Each client's training (and personal test) indices.
+    layout
+        Which state-dict entries travel and which each client keeps; handed
+        over by the driver, so both sides agree by construction.
     """
 
-    def __init__(self, cfg: Config, data: FederatedData, partition: Partition) -> None:
-        self.cfg = cfg
+    def __init__(
+        self,
+        cfg: Config,
+        data: FederatedData,
+        partition: Partition,
+        layout: StateLayout,
+    ) -> None:
         self.data = data
         self.partition = partition
+        self.layout = layout
         res = cfg.resources
         torch.set_num_threads(max(1, int(res.cpus_per_client)))
         self.device = pick_device(res.gpus_per_client)
@@ -84,8 +95,8 @@ class ClientRunner:
             precision = "bf16-mixed"  # fp16 autocast needs CUDA
         info = data.info
         self.module = build_classifier(cfg, info.num_classes, info.input_shape)
-        self.layout = StateLayout.of(self.module.model)
-        _, self._initial_local = self.layout.split(self.module.model.state_dict())
+        _, self._initial_local = layout.split(self.module.model.state_dict())
+        self._global_view_local = _global_view(self.module.model, self._initial_local)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.fabric = Fabric(
@@ -97,27 +108,36 @@ class ClientRunner:
     # ------------------------------------------------------------------ training
 
     def train(
-        self, task: ClientTask, payload: Mapping[str, Tensor], local: Tensors | None
+        self, task: ClientTask, payload: Channels, kept: Channels
     ) -> ClientUpdate:
-        """Train client ``task.client_id`` from ``payload`` and return its update."""
+        """Train client ``task.client_id`` from ``payload`` and its kept state."""
         t0 = time.perf_counter()
-        self._load(payload, local if local is not None else self._initial_local)
+        model_in = payload.get(MODEL, {})
+        self._load(model_in, kept.get(LOCAL, self._initial_local))
         indices = self.partition.train[task.client_id]
         x_all = torch.from_numpy(np.ascontiguousarray(self.data.x_train[indices]))
         y_all = torch.from_numpy(np.ascontiguousarray(self.data.y_train[indices]))
         gen = torch.Generator().manual_seed(task.seed)
         torch.manual_seed(task.seed)  # dropout and anything else drawing globally
+        hp = task.hparams
         for group in self.optimizer.param_groups:
-            group["lr"] = task.lr
+            group.update(lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         self.optimizer.state.clear()  # fresh SGD momentum per client
         self.module.train()
-        n = len(indices)
+        params = {
+            name: p
+            for name, p in self.module.model.named_parameters()
+            if name in model_in
+        }
+        algo = copy.copy(task.algorithm)  # hooks may keep per-client attributes
+        algo.begin(params, payload, kept)
+        n, steps = len(indices), 0
         loss_sum = torch.zeros((), device=self.device)
-        for _ in range(task.epochs):
+        for _ in range(hp.epochs):
             loss_sum.zero_()
             order = torch.randperm(n, generator=gen)
-            for start in range(0, n, task.batch_size):
-                idx = order[start : start + task.batch_size]
+            for start in range(0, n, hp.batch_size):
+                idx = order[start : start + hp.batch_size]
                 x = prepare_batch(x_all[idx], self.data.info, train=True, generator=gen)
                 batch = (x.to(self.device), y_all[idx].to(self.device))
                 self.optimizer.zero_grad(set_to_none=True)
@@ -125,61 +145,105 @@ class ClientRunner:
                 # so mixed precision has to be entered here.
                 with self.fabric.autocast():
                     loss = self.wrapped.training_step(batch, start)
-                self.fabric.backward(loss)
+                self.fabric.backward(algo.loss(params, loss))
+                algo.after_backward(params)
                 self.optimizer.step()
                 loss_sum += loss.detach() * len(idx)
+                steps += 1
         glob, loc = self.layout.split(self.module.model.state_dict())
+        extra_up, extra_keep = algo.end(params, steps, hp.lr)
+        upload = {MODEL: glob, **extra_up} if MODEL in payload else dict(extra_up)
+        keep = {LOCAL: loc, **extra_keep} if loc else dict(extra_keep)
         return ClientUpdate(
             client_id=task.client_id,
-            tensors=glob,
+            upload=upload,
+            keep=keep,
             num_examples=n,
-            bytes_up=payload_nbytes(glob),
-            train_loss=float(loss_sum) / max(n, 1),
+            train_loss=float(loss_sum) / max(n, 1),  # of the last epoch
             train_seconds=time.perf_counter() - t0,
-            local_state=loc,
         )
 
-    def _load(self, payload: Mapping[str, Tensor], local: Mapping[str, Tensor]) -> None:
-        state = {**payload, **local}
-        expected = set(self.layout.global_names) | set(self.layout.local_names)
-        if set(state) != expected:
-            raise ValueError(
-                "payload does not match the model: "
-                f"missing {sorted(expected - set(state))}"
-                f", unexpected {sorted(set(state) - expected)}"
-            )
-        self.module.model.load_state_dict(state, strict=True)
+    def _load(self, glob: Mapping[str, Tensor], local: Mapping[str, Tensor]) -> None:
+        # strict: a payload that does not match the model is this client's failure
+        self.module.model.load_state_dict({**glob, **local}, strict=True)
 
     # ---------------------------------------------------------------- evaluation
 
     @torch.no_grad()
     def evaluate(
         self,
-        payload: Mapping[str, Tensor],
+        glob: Mapping[str, Tensor],
         batch_size: int,
         shard: tuple[int, int] = (0, 1),
     ) -> EvalResult:
         """Evaluate the global model on shard ``i`` of ``n`` of the test split.
 
-        Accuracy comes from the LightningModule's torchmetrics metric; the
-        shards are contiguous and together cover the split exactly once.
+        The global model is the travelling tensors with the *global view* of
+        the local ones: pFedPara's W2 = 0 (so W = W1 ⊙ (0 + 1) = W1), any
+        other kept tensor at its seeded initial value. The shards are
+        contiguous and together cover the split exactly once.
         """
-        self._load(payload, self._initial_local)
-        self.module.eval()
-        accuracy = self.module.val_accuracy
-        accuracy.reset()
+        self._load(glob, self._global_view_local)
         i, n = shard
         total = len(self.data.y_test)
         lo, hi = total * i // n, total * (i + 1) // n
+        return self._score(
+            self.data.x_test, self.data.y_test, range(lo, hi), batch_size
+        )
+
+    @torch.no_grad()
+    def evaluate_client(
+        self,
+        client_id: int,
+        glob: Mapping[str, Tensor],
+        kept: Channels,
+        batch_size: int,
+    ) -> EvalResult:
+        """The client's own model (global part + its kept part) on its own test split.
+
+        A client that never trained is scored with the initial local part,
+        the state it would start from.
+        """
+        self._load(glob, kept.get(LOCAL, self._initial_local))
+        indices = self.partition.test[client_id]
+        if self.partition.test_source == "test":
+            x, y = self.data.x_test, self.data.y_test
+        else:
+            x, y = self.data.x_train, self.data.y_train
+        return self._score(x, y, indices, batch_size)
+
+    def _score(
+        self,
+        x_all: np.ndarray,
+        y_all: np.ndarray,
+        indices: Sequence[int] | np.ndarray | range,
+        batch_size: int,
+    ) -> EvalResult:
+        """Summed loss and correct count of the examples at ``indices``.
+
+        Accuracy comes from the LightningModule's torchmetrics metric.
+        """
+        self.module.eval()
+        accuracy = self.module.val_accuracy
+        accuracy.reset()
         loss_sum = torch.zeros((), device=self.device)
-        for start in range(lo, hi, batch_size):
-            stop = min(start + batch_size, hi)
+        count = len(indices)
+        for start in range(0, count, batch_size):
+            idx = indices[start : start + batch_size]
             # A copy: the arrays may be read-only views of Ray's shared memory.
-            x = torch.tensor(self.data.x_test[start:stop])
-            y = torch.tensor(self.data.y_test[start:stop]).to(self.device)
+            x = torch.tensor(x_all[idx])
+            y = torch.tensor(y_all[idx]).to(self.device)
             x = prepare_batch(x, self.data.info, train=False).to(self.device)
             with self.fabric.autocast():
                 loss_sum += self.module.validation_step((x, y), start)
-        count = hi - lo
         correct = round(float(accuracy.compute()) * count) if count else 0
         return EvalResult(float(loss_sum), correct, count)
+
+
+def _global_view(model: torch.nn.Module, initial_local: Tensors) -> Tensors:
+    """The local tensors as the server's model sees them: pFedPara's W2 = 0."""
+    w2 = local_state_names(model)
+    return {
+        name: torch.zeros_like(t) if name in w2 else t
+        for name, t in initial_local.items()
+    }

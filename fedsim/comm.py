@@ -41,6 +41,19 @@ class RoundTraffic:
         """Client-to-server bytes of the round."""
         return sum(self.up.values())
 
+    def add(self, down: Mapping[int, int], up: Mapping[int, int]) -> RoundTraffic:
+        """Add another attempt's traffic, client by client.
+
+        >>> RoundTraffic(0, {1: 5}, {}).add({1: 5}, {1: 3}).per_client()
+        [{'round': 0, 'client': 1, 'down': 10, 'up': 3}]
+        """
+        summed_down, summed_up = dict(self.down), dict(self.up)
+        for c, n in down.items():
+            summed_down[c] = summed_down.get(c, 0) + n
+        for c, n in up.items():
+            summed_up[c] = summed_up.get(c, 0) + n
+        return RoundTraffic(self.round, summed_down, summed_up)
+
     def per_client(self) -> list[dict[str, int]]:
         """JSON-ready rows ``{round, client, down, up}`` sorted by client."""
         clients = sorted(set(self.down) | set(self.up))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -26,13 +27,23 @@ from typing import Any, Literal
 import yaml
 
 from fedsim.data.base import DatasetName
+from lightning_modules.rank import RankRule
+from lightning_modules.spec import Arch, ParamKind
 
 Partition = Literal["iid", "dirichlet", "shards", "natural"]
-ParamKind = Literal["original", "lowrank", "fedpara", "pfedpara"]
-RankRule = Literal["paper", "official"]
-StrategyName = Literal["fedavg"]
+StrategyName = Literal[
+    "fedavg",
+    "fedprox",
+    "scaffold",
+    "feddyn",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedper",
+    "local",
+]
+Evaluate = Literal["auto", "global", "personal", "both"]
 Precision = Literal["32-true", "16-mixed", "bf16-mixed"]
-Arch = Literal["vgg16", "mlp", "mlp_digits", "lstm", "cnn"]
 
 
 class ConfigError(ValueError):
@@ -49,7 +60,9 @@ class DataConfig:
     partition: Partition = "dirichlet"
     alpha: float = 0.5
     shards_per_client: int = 2
-    client_test_fraction: float = 0.0
+    # None: 0.2 for runs that keep a local model part (pFedPara, FedPer,
+    # local-only), so they can be evaluated on personal test splits; else 0.
+    client_test_fraction: float | None = None
     synthetic_train: int = 50_000
     synthetic_test: int = 10_000
 
@@ -67,7 +80,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """Local training: the learning rate of round t is ``lr * lr_decay**t``."""
+    """Local training: the learning rate of round t is ``lr * lr_decay**t``.
+
+    ``prox_mu`` is FedProx's proximal weight (read by ``server.strategy=fedprox``).
+    """
 
     epochs: int = 5
     batch_size: int = 16
@@ -75,16 +91,39 @@ class ClientConfig:
     lr_decay: float = 1.0
     momentum: float = 0.0
     weight_decay: float = 0.0
+    prox_mu: float = 0.01
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Cohort size, aggregation strategy and global evaluation."""
+    """Cohort size, strategy and its settings, and evaluation.
+
+    ``lr``, ``beta1``, ``beta2``, ``tau``: the server optimizer of fedadam,
+    fedyogi and fedadagrad (Reddi et al., 2021). ``feddyn_alpha``: FedDyn's
+    regularizer. ``fedper_layers``: the last layers FedPer keeps on clients.
+    ``evaluate``: global (the server's model on the global test split),
+    personal (each client's own model on its own test split), both, or auto
+    (personal too when the run keeps a local model part).
+    ``personal_eval_clients``: null evaluates every client, a number a seeded
+    sample of that many per evaluated round. ``min_clients``: a round with fewer
+    successful clients is not aggregated but run again with the same cohort, at
+    most ``max_round_retries`` times; then the run stops (resumable).
+    """
 
     strategy: StrategyName = "fedavg"
     clients_per_round: int = 10
     eval_every: int = 1
     eval_batch_size: int = 1024
+    lr: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+    feddyn_alpha: float = 0.1
+    fedper_layers: int = 1
+    evaluate: Evaluate = "auto"
+    personal_eval_clients: int | None = None
+    min_clients: int = 1
+    max_round_retries: int = 1
 
 
 @dataclass(frozen=True)
@@ -98,6 +137,12 @@ class ResourcesConfig:
     cap_gpu_memory: bool = True
     precision: Precision = "32-true"
     max_client_retries: int = 1
+    # A client still training after this many seconds fails with that reason
+    # and its actor is replaced; null: no deadline.
+    client_timeout_s: float | None = None
+    # How long the pool's reservation (and, with no actor left, a replacement)
+    # may wait for the cluster before the run is refused or the tasks fail.
+    placement_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +171,37 @@ class Config:
 
     def __post_init__(self) -> None:
         _validate(self)
+        _validate_strategy(self)
+        _validate_resources(self)
+
+    @property
+    def keeps_local_model(self) -> bool:
+        """Whether clients keep part of the model (pFedPara, FedPer, local-only)."""
+        return self.model.param == "pfedpara" or self.server.strategy in (
+            "fedper",
+            "local",
+        )
+
+    @property
+    def personal_test_fraction(self) -> float:
+        """``data.client_test_fraction``, or its default for this kind of run."""
+        f = self.data.client_test_fraction
+        if f is not None:
+            return f
+        return 0.2 if self.keeps_local_model else 0.0
+
+    @property
+    def evaluates(self) -> tuple[bool, bool]:
+        """(global, personal): the evaluations ``server.evaluate`` resolves to."""
+        mode = self.server.evaluate
+        if mode == "auto":
+            if self.server.strategy in ("fedper", "local"):
+                mode = "personal"  # their global model has an untrained head
+            elif self.keeps_local_model:
+                mode = "both"
+            else:
+                mode = "global"
+        return mode in ("global", "both"), mode in ("personal", "both")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain nested dicts (YAML/JSON ready)."""
@@ -133,48 +209,151 @@ class Config:
 
 
 def _check(ok: bool, key: str, message: str) -> None:
+    """Raise :class:`ConfigError` ``"key: message"`` unless ``ok``.
+
+    ``message`` says what is allowed and what was given, e.g. ``must be >= 1,
+    got 0``.
+    """
     if not ok:
         raise ConfigError(f"{key}: {message}")
 
 
 def _validate(cfg: Config) -> None:
-    _check(cfg.rounds >= 1, "rounds", f"must be >= 1, got {cfg.rounds}")
+    # Every float key first, sections included: NaN fails no comparison below
+    # the way one expects (``nan > 0`` is False, ``not nan <= 1`` is True) and
+    # inf passes ``> 0``; new float fields are covered without a line here.
+    for prefix, node in [("", cfg)] + [
+        (f"{f.name}.", getattr(cfg, f.name))
+        for f in dataclasses.fields(cfg)
+        if dataclasses.is_dataclass(getattr(cfg, f.name))
+    ]:
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            _check(
+                not isinstance(value, float) or math.isfinite(value),
+                prefix + f.name,
+                f"must be a finite number, got {value}",
+            )
+
+    def at_least(key: str, value: int, low: int, note: str = "") -> None:
+        _check(value >= low, key, f"must be >= {low}{note}, got {value}")
+
     _check(bool(cfg.name.strip()), "name", "must be a non-empty string")
-    d, m, c, s, r = cfg.data, cfg.model, cfg.client, cfg.server, cfg.resources
-    _check(d.num_clients >= 1, "data.num_clients", "must be >= 1")
-    _check(d.alpha > 0, "data.alpha", f"must be > 0 (paper: 0.5), got {d.alpha}")
-    _check(d.shards_per_client >= 1, "data.shards_per_client", "must be >= 1")
     _check(
-        0.0 <= d.client_test_fraction < 1.0,
-        "data.client_test_fraction",
-        f"must be in [0, 1), got {d.client_test_fraction}",
+        cfg.name not in (".", "..") and not any(ch in cfg.name for ch in "/\\\0"),
+        "name",
+        "names the run's folder log.root/NAME/TIME: one folder name, without "
+        f"'/' or '\\', not '.' or '..'; got {cfg.name!r}",
     )
-    _check(0.0 <= m.gamma <= 1.0, "model.gamma", f"must be in [0, 1], got {m.gamma}")
-    _check(c.epochs >= 1, "client.epochs", "must be >= 1")
-    _check(c.batch_size >= 1, "client.batch_size", "must be >= 1")
+    _check(0 <= cfg.seed < 2**63, "seed", f"must be in [0, 2**63), got {cfg.seed}")
+    at_least("rounds", cfg.rounds, 1)
+    d, m, c, s, r = cfg.data, cfg.model, cfg.client, cfg.server, cfg.resources
+    at_least("data.num_clients", d.num_clients, 1)
+    _check(d.alpha > 0, "data.alpha", f"must be > 0 (paper: 0.5), got {d.alpha}")
+    at_least("data.shards_per_client", d.shards_per_client, 1)
+    _check(
+        d.client_test_fraction is None or 0.0 <= d.client_test_fraction < 1.0,
+        "data.client_test_fraction",
+        f"must be in [0, 1), or null for the default, got {d.client_test_fraction}",
+    )
+    at_least("data.synthetic_train", d.synthetic_train, 1)
+    at_least("data.synthetic_test", d.synthetic_test, 1)
+    _check(0.0 < m.gamma <= 1.0, "model.gamma", f"must be in (0, 1], got {m.gamma}")
+    at_least("client.epochs", c.epochs, 1)
+    at_least("client.batch_size", c.batch_size, 1)
     _check(c.lr > 0, "client.lr", f"must be > 0, got {c.lr}")
-    _check(0 < c.lr_decay <= 1, "client.lr_decay", "must be in (0, 1]")
+    _check(
+        0 < c.lr_decay <= 1,
+        "client.lr_decay",
+        f"must be in (0, 1] (1: no decay), got {c.lr_decay}",
+    )
+    _check(
+        0 <= c.momentum < 1, "client.momentum", f"must be in [0, 1), got {c.momentum}"
+    )
+    _check(
+        c.weight_decay >= 0,
+        "client.weight_decay",
+        f"must be >= 0, got {c.weight_decay}",
+    )
     _check(
         1 <= s.clients_per_round <= d.num_clients,
         "server.clients_per_round",
         f"must be between 1 and data.num_clients ({d.num_clients}), "
         f"got {s.clients_per_round}",
     )
-    _check(s.eval_every >= 1, "server.eval_every", "must be >= 1")
-    _check(r.cpus_per_client > 0, "resources.cpus_per_client", "must be > 0")
+    at_least("server.eval_every", s.eval_every, 1)
+    at_least("server.eval_batch_size", s.eval_batch_size, 1)
     _check(
-        0 <= r.gpus_per_client <= 1 or float(r.gpus_per_client).is_integer(),
+        r.cpus_per_client > 0,
+        "resources.cpus_per_client",
+        f"must be > 0, got {r.cpus_per_client}",
+    )
+    _check(
+        0 <= r.gpus_per_client <= 1
+        or (r.gpus_per_client > 1 and float(r.gpus_per_client).is_integer()),
         "resources.gpus_per_client",
-        "must be a fraction of one GPU (e.g. 0.25 for four clients per GPU) "
-        "or a whole number of GPUs",
+        "must be 0 (CPU), a fraction of one GPU (e.g. 0.25 for four clients per "
+        f"GPU) or a whole number of GPUs, got {r.gpus_per_client}",
+    )
+    if r.num_actors is not None:
+        at_least(
+            "resources.num_actors", r.num_actors, 1, ", or null to fit the cluster"
+        )
+    at_least("resources.max_client_retries", r.max_client_retries, 0)
+    at_least("log.checkpoint_every", cfg.log.checkpoint_every, 0, " (0: never)")
+    _check(bool(cfg.log.root.strip()), "log.root", "must be a non-empty folder path")
+
+
+def _validate_strategy(cfg: Config) -> None:
+    c, s = cfg.client, cfg.server
+    _check(c.prox_mu >= 0, "client.prox_mu", f"must be >= 0, got {c.prox_mu}")
+    _check(s.lr > 0, "server.lr", f"must be > 0, got {s.lr}")
+    for key, beta in (("server.beta1", s.beta1), ("server.beta2", s.beta2)):
+        _check(0 <= beta < 1, key, f"must be in [0, 1), got {beta}")
+    _check(s.tau > 0, "server.tau", f"must be > 0 (e.g. 1e-3), got {s.tau}")
+    _check(
+        s.feddyn_alpha > 0, "server.feddyn_alpha", f"must be > 0, got {s.feddyn_alpha}"
+    )
+    _check(s.fedper_layers >= 1, "server.fedper_layers", "must be >= 1")
+    _check(
+        1 <= s.min_clients <= s.clients_per_round,
+        "server.min_clients",
+        f"must be between 1 and server.clients_per_round ({s.clients_per_round}), "
+        f"got {s.min_clients}",
+    )
+    _check(s.max_round_retries >= 0, "server.max_round_retries", "must be >= 0")
+    _check(
+        s.personal_eval_clients is None or s.personal_eval_clients >= 1,
+        "server.personal_eval_clients",
+        "must be >= 1, or null to evaluate every client",
     )
     _check(
-        r.num_actors is None or r.num_actors >= 1,
-        "resources.num_actors",
-        "must be >= 1, or null to size the pool from the cluster",
+        not (s.strategy == "scaffold" and cfg.resources.precision == "16-mixed"),
+        "resources.precision",
+        "scaffold corrects gradients that fp16 loss scaling has scaled; use "
+        "bf16-mixed or 32-true with server.strategy=scaffold",
     )
-    _check(r.max_client_retries >= 0, "resources.max_client_retries", "must be >= 0")
-    _check(cfg.log.checkpoint_every >= 0, "log.checkpoint_every", "0 disables; >= 0")
+    personal_data = cfg.personal_test_fraction > 0 or cfg.data.partition == "natural"
+    _check(
+        personal_data or not cfg.evaluates[1],
+        "server.evaluate",
+        "personal evaluation needs personal test splits: set "
+        "data.client_test_fraction (e.g. 0.2)",
+    )
+
+
+def _validate_resources(cfg: Config) -> None:
+    r = cfg.resources
+    _check(
+        r.client_timeout_s is None or r.client_timeout_s > 0,
+        "resources.client_timeout_s",
+        f"must be > 0 seconds, or null for no deadline, got {r.client_timeout_s}",
+    )
+    _check(
+        r.placement_timeout_s > 0,
+        "resources.placement_timeout_s",
+        f"must be > 0 seconds, got {r.placement_timeout_s}",
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -202,18 +381,64 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist (see configs/)")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {p} cannot be read: {exc}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p} must hold a mapping of keys, not {type(loaded)}")
-        raw = loaded or {}
+            raise ConfigError(
+                f"{p} must hold a mapping of keys, not {type(loaded).__name__}"
+            )
+        raw = _extend(p, loaded or {}, (p.resolve(),))
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} must look like key=value")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or exc
+            raise ConfigError(
+                f"override {item!r}: {value!r} is not a YAML value ({problem})"
+            ) from exc
+        _set_dotted(raw, key.strip(), parsed)
     return from_dict(raw)
+
+
+def _extend(path: Path, raw: dict[str, Any], seen: tuple[Path, ...]) -> dict[str, Any]:
+    """Resolve ``extends: other.yaml`` (relative to ``path``): its keys, then ours.
+
+    A config file holds only what differs from the file it extends, as a config
+    without ``extends`` holds only what differs from the defaults.
+    """
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends must be a path to a YAML file")
+    base_path = (path.parent / parent).resolve()
+    if base_path in seen:
+        raise ConfigError(f"{path}: extends {parent} makes a cycle")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: extends {parent}, which does not exist")
+    try:
+        base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{base_path} cannot be read: {exc}") from exc
+    if not isinstance(base, dict):
+        raise ConfigError(f"{base_path} must hold a mapping of keys")
+    return _merge(_extend(base_path, base, (*seen, base_path)), raw)
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def from_dict(raw: Mapping[str, Any]) -> Config:

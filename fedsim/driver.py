@@ -10,28 +10,27 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from fedsim.backend.base import Backend, ClientResult
-from fedsim.comm import Ledger, RoundTraffic
-from fedsim.config import Config
-from fedsim.messages import (
-    ClientFailure,
-    ClientTask,
-    ClientUpdate,
-    EvalResult,
-    RoundMetrics,
-)
-from fedsim.params import StateLayout, Tensors, is_finite, payload_nbytes
+from fedsim.checkpoint import ServerState
+from fedsim.comm import RoundTraffic
+from fedsim.messages import ClientEval, ClientFailure, ClientTask, ClientUpdate
+from fedsim.params import Tensors, payload_nbytes
 from fedsim.state import ClientStateStore
-from fedsim.strategy import AggregationError, Strategy
-from fedsim.tracking import Tracker
+from fedsim.strategy import (
+    AggregationError,
+    EvalMetrics,
+    Strategy,
+    StrategyState,
+    TrainPlan,
+)
+from fedsim.strategy.replies import reply_problem
+from fedsim.tracking import RoundMetrics, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -52,168 +51,242 @@ def client_seed(seed: int, server_round: int, client_id: int) -> int:
     return int(state[0])
 
 
-@dataclass(frozen=True)
-class ServerState:
-    """Everything needed to continue a run: replaced, never edited, each round."""
+@dataclass(frozen=True, kw_only=True)
+class Cohort:
+    """Who trains each round: ``size`` of ``num_clients``, drawn from ``seed``."""
 
-    round: int
-    global_tensors: Tensors
-    ledger: Ledger = field(default_factory=Ledger)
-    best_accuracy: float = 0.0
-    last_eval: EvalResult | None = None
+    seed: int
+    num_clients: int
+    size: int
 
 
 @dataclass
 class RoundOutcome:
-    """What one round's updates left behind, gathered while aggregating."""
+    """What one round's replies left behind, gathered while aggregating."""
 
     failures: list[ClientFailure] = field(default_factory=list)
     up: dict[int, int] = field(default_factory=dict)
+    up_by_channel: dict[str, int] = field(default_factory=dict)
     losses: list[tuple[float, int]] = field(default_factory=list)
 
-    def train_loss(self) -> float:
+    def train_loss(self) -> float | None:
         """Example-weighted mean of the clients' training losses."""
         total = sum(n for _, n in self.losses)
-        return (
-            sum(loss * n for loss, n in self.losses) / total if total else float("nan")
+        return sum(loss * n for loss, n in self.losses) / total if total else None
+
+
+class RoundFailed(RuntimeError):
+    """A round kept getting fewer usable replies than ``server.min_clients``."""
+
+    def __init__(
+        self,
+        server_round: int,
+        cohort: int,
+        min_clients: int,
+        tries: int,
+        outcome: RoundOutcome,
+    ) -> None:
+        reasons = sorted({f.reason for f in outcome.failures})[:3]
+        super().__init__(
+            f"round {server_round}: {len(outcome.up)} of {cohort} clients succeeded "
+            f"in each of {tries} tries, fewer than server.min_clients={min_clients} "
+            f"(failures: {'; '.join(reasons) or 'none'})"
         )
 
 
 class Driver:
-    """Runs rounds until ``cfg.rounds``, logging and checkpointing as it goes."""
+    """Runs one round at a time: the strategy decides, the backend executes."""
 
     def __init__(
         self,
-        cfg: Config,
+        *,
+        cohort: Cohort,
         backend: Backend,
         strategy: Strategy,
-        layout: StateLayout,
         tracker: Tracker,
-        store: ClientStateStore | None = None,
+        store: ClientStateStore,
+        eval_batch_size: int,
+        min_clients: int = 1,
+        max_round_retries: int = 0,
     ) -> None:
-        self.cfg = cfg
+        self.min_clients = min_clients
+        self.max_round_retries = max_round_retries
+        self.cohort = cohort
         self.backend = backend
         self.strategy = strategy
-        self.layout = layout
         self.tracker = tracker
         self.store = store
+        self.eval_batch_size = eval_batch_size
 
     def run_round(self, state: ServerState) -> tuple[ServerState, RoundMetrics]:
-        """One round from ``state``: returns the next state and its metrics."""
+        """One round from ``state``: returns the next state and its metrics.
+
+        A round with fewer than ``min_clients`` usable replies is not
+        aggregated; it runs again with the same cohort (and seeds) at most
+        ``max_round_retries`` times, then :class:`RoundFailed` is raised. Every
+        attempt's bytes count: they travelled.
+        """
         t0, started_at = time.perf_counter(), time.time()
-        cfg, r = self.cfg, state.round
+        r, c = state.round, self.cohort
         # --- sample and configure -----------------------------------------
-        cohort = sample_cohort(
-            cfg.seed, r, cfg.data.num_clients, cfg.server.clients_per_round
+        cohort = sample_cohort(c.seed, r, c.num_clients, c.size)
+        plan = self.strategy.configure_train(
+            r, state.global_tensors, state.strategy_state, cohort
         )
-        lr = self.strategy.client_lr(r, cfg.client)
-        tasks = [
-            ClientTask(
-                c,
-                r,
-                client_seed(cfg.seed, r, c),
-                lr,
-                cfg.client.epochs,
-                cfg.client.batch_size,
+        tasks = self._tasks(r, cohort, plan)
+        down_by_channel = {ch: payload_nbytes(t) for ch, t in plan.payload.items()}
+        # --- execute and aggregate, again while too few clients succeed ---
+        traffic, up_by_channel = RoundTraffic(r, {}, {}), Counter[str]()
+        for attempt in range(self.max_round_retries + 1):
+            outcome = RoundOutcome()
+            aggregated = self._train(r, state, plan, tasks, outcome)
+            traffic = traffic.add(
+                dict.fromkeys(cohort, sum(down_by_channel.values())), outcome.up
             )
-            for c in cohort
-        ]
-        payload = state.global_tensors
-        down = dict.fromkeys(cohort, payload_nbytes(payload))
-        # --- execute and aggregate (a running sum over sorted clients) -----
-        outcome = RoundOutcome()
-        results = self.backend.train(tasks, payload, self._local_state)
-        updates = self._accepted(results, outcome)
-        try:
-            new_global = self.strategy.aggregate_train(payload, updates)
-        except AggregationError:
-            if outcome.up:  # some updates were accepted: a real error
-                raise
-            log.warning("round %d: every client failed; global model unchanged", r)
-            new_global = dict(payload)
+            up_by_channel.update(outcome.up_by_channel)
+            if aggregated is not None:
+                break
+            self.store.rollback(r)  # what this attempt's clients kept is void
+            log.warning(
+                "round %d (try %d): %d of %d clients succeeded, fewer than "
+                "server.min_clients=%d",
+                r,
+                attempt + 1,
+                len(outcome.up),
+                len(cohort),
+                self.min_clients,
+            )
+        else:
+            raise RoundFailed(r, len(cohort), self.min_clients, attempt + 1, outcome)
+        new_global, strategy_state = aggregated
         # --- evaluate -------------------------------------------------------
-        evaluation = state.last_eval
-        if (r + 1) % cfg.server.eval_every == 0 or r + 1 == cfg.rounds:
-            evaluation = self.backend.evaluate(new_global)
-        traffic = RoundTraffic(r, down, outcome.up)
+        evaluation = self._evaluate(r, new_global)
+        # --- account and log --------------------------------------------------
         ledger = state.ledger.record(traffic)
-        acc = evaluation.accuracy if evaluation else float("nan")
+        by_channel = {
+            ch: {"down": n * len(cohort) * (attempt + 1), "up": up_by_channel[ch]}
+            for ch, n in down_by_channel.items()
+        }
         metrics = RoundMetrics(
             round=r,
-            accuracy=acc,
-            loss=evaluation.loss if evaluation else float("nan"),
+            **RoundMetrics.evaluated(evaluation),
             train_loss=outcome.train_loss(),
-            bytes_up=sum(outcome.up.values()),
-            bytes_down=sum(down.values()),
+            bytes_up=traffic.bytes_up,
+            bytes_down=traffic.bytes_down,
             cumulative_bytes=ledger.total_bytes,
-            num_clients=len(cohort) - len(outcome.failures),
-            num_failed=len(outcome.failures),
-            lr=lr,
+            bytes_by_channel=by_channel,
+            num_clients=len(outcome.up),
+            num_failed=len(cohort) - len(outcome.up),
+            lr=plan.hparams.lr,
             round_seconds=time.perf_counter() - t0,
             started_at=started_at,
         )
         self.tracker.log_round(metrics, traffic)
-        best = max(state.best_accuracy, acc) if evaluation else state.best_accuracy
-        return (
-            ServerState(r + 1, new_global, ledger, best, evaluation),
-            metrics,
+        next_state = state.advance(
+            global_tensors=new_global,
+            strategy_state=strategy_state,
+            ledger=ledger,
+            evaluation=evaluation,
         )
+        return next_state, metrics
 
-    def _local_state(self, client_id: int) -> Tensors | None:
-        return self.store.get(client_id) if self.store is not None else None
+    def _tasks(
+        self, server_round: int, cohort: Sequence[int], plan: TrainPlan
+    ) -> list[ClientTask]:
+        """Each client's task: the plan's settings and its own seed."""
+        return [
+            ClientTask(
+                client_id=cid,
+                round=server_round,
+                seed=client_seed(self.cohort.seed, server_round, cid),
+                hparams=plan.hparams,
+                algorithm=plan.algorithm,
+            )
+            for cid in cohort
+        ]
+
+    def _train(
+        self,
+        server_round: int,
+        state: ServerState,
+        plan: TrainPlan,
+        tasks: Sequence[ClientTask],
+        outcome: RoundOutcome,
+    ) -> tuple[Tensors, StrategyState] | None:
+        """One attempt: the aggregate, or None with too few usable replies."""
+        results = self.backend.train(tasks, plan.payload, self.store.get)
+        updates = self._accepted(server_round, results, plan, outcome)
+        try:
+            aggregated = self.strategy.aggregate_train(
+                server_round, state.global_tensors, state.strategy_state, updates
+            )
+        except AggregationError:
+            if outcome.up:  # some updates were accepted: a real error
+                raise
+            return None
+        return aggregated if len(outcome.up) >= self.min_clients else None
 
     def _accepted(
-        self, results: Iterable[ClientResult], outcome: RoundOutcome
+        self,
+        server_round: int,
+        results: Iterable[ClientResult],
+        plan: TrainPlan,
+        outcome: RoundOutcome,
     ) -> Iterator[ClientUpdate]:
         """Split replies into usable updates and recorded failures."""
         for result in results:
+            if isinstance(result, ClientUpdate):
+                reason = reply_problem(result, plan.payload)
+                if reason is None:
+                    self._account(server_round, result, outcome)
+                    yield result
+                    continue
+                result = ClientFailure(client_id=result.client_id, reason=reason)
+            log.warning("client %d failed: %s", result.client_id, result.reason)
+            outcome.failures.append(result)
+
+    def _account(
+        self, server_round: int, update: ClientUpdate, outcome: RoundOutcome
+    ) -> None:
+        # Measured on what arrived, not on what the client claims.
+        sizes = {ch: payload_nbytes(t) for ch, t in update.upload.items()}
+        outcome.up[update.client_id] = sum(sizes.values())
+        for ch, n in sizes.items():
+            outcome.up_by_channel[ch] = outcome.up_by_channel.get(ch, 0) + n
+        outcome.losses.append((update.train_loss, update.num_examples))
+        if update.keep:
+            self.store.put(update.client_id, server_round, update.keep)
+
+    def _evaluate(
+        self, server_round: int, global_tensors: Tensors
+    ) -> EvalMetrics | None:
+        plan = self.strategy.configure_evaluate(server_round)
+        if not plan.any:
+            return None
+        global_result = (
+            self.backend.evaluate(global_tensors, self.eval_batch_size)
+            if plan.global_model
+            else None
+        )
+        personal = self._evaluate_clients(plan.personal_clients, global_tensors)
+        return self.strategy.aggregate_evaluate(server_round, global_result, personal)
+
+    def _evaluate_clients(
+        self, clients: Sequence[int], global_tensors: Tensors
+    ) -> list[ClientEval]:
+        if not clients:
+            return []
+        kept = self.store.get
+        personal: list[ClientEval] = []
+        for result in self.backend.evaluate_clients(
+            clients, global_tensors, kept, self.eval_batch_size
+        ):
             if isinstance(result, ClientFailure):
-                log.warning("client %d failed: %s", result.client_id, result.reason)
-                outcome.failures.append(result)
-                continue
-            reason = self._reject(result)
-            if reason:
-                log.warning("client %d: %s", result.client_id, reason)
-                outcome.failures.append(ClientFailure(result.client_id, reason))
-                continue
-            # Measured on what arrived, not on what the client claims.
-            outcome.up[result.client_id] = payload_nbytes(result.tensors)
-            outcome.losses.append((result.train_loss, result.num_examples))
-            if self.store is not None and result.local_state:
-                self.store.put(result.client_id, result.local_state)
-            yield result
-
-    def _reject(self, update: ClientUpdate) -> str | None:
-        """Why an update cannot be aggregated, or None when it can."""
-        if set(update.tensors) != set(self.layout.global_names):
-            return "update tensors do not match the global model"
-        if update.num_examples <= 0:
-            return "update trained on no examples"
-        if not is_finite(update.tensors):
-            return "non-finite update"
-        return None
-
-    def maybe_checkpoint(self, state: ServerState) -> None:
-        """Save ``state`` every ``log.checkpoint_every`` rounds and at the end."""
-        every = self.cfg.log.checkpoint_every
-        if every and (state.round % every == 0 or state.round == self.cfg.rounds):
-            save_checkpoint(self.tracker.run_dir, state)
-
-
-def save_checkpoint(run_dir: Path, state: ServerState) -> Path:
-    """Write ``checkpoints/last.pt`` atomically and return its path."""
-    path = run_dir / "checkpoints" / "last.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"server_state": state}, tmp)
-    tmp.replace(path)
-    return path
-
-
-def load_checkpoint(run_dir: Path) -> ServerState:
-    """Read the server state saved by :func:`save_checkpoint`."""
-    blob: dict[str, Any] = torch.load(
-        run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False
-    )
-    state: ServerState = blob["server_state"]
-    return replace(state)
+                log.warning(
+                    "client %d: personal evaluation failed: %s",
+                    result.client_id,
+                    result.reason,
+                )
+            else:
+                personal.append(result)
+        return personal

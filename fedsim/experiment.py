@@ -15,36 +15,37 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from torch import nn
 
 from fedsim.backend.base import Backend
-from fedsim.config import Config, ConfigError, load_config
+from fedsim.checkpoint import ServerState, load_checkpoint, save_checkpoint
+from fedsim.config import Config, load_config
 from fedsim.data import (
     FederatedData,
     Partition,
     PartitionSpec,
     check_available,
-    dataset_info,
     label_heatmap,
     load_dataset,
     make_partition,
     partition_summary,
 )
-from fedsim.driver import Driver, ServerState, load_checkpoint
-from fedsim.loop import RunResult, drive
-from fedsim.messages import RoundMetrics
-from fedsim.model import build_backbone
+from fedsim.driver import Cohort, Driver, RoundFailed
+from fedsim.launch import BackendName as BackendName  # named here before
+from fedsim.launch import absolute_dir, client_pool, launch, resolve_paths
+from fedsim.loop import RunResult, RunStopped
+from fedsim.model import build_backbone, check_model_fits
 from fedsim.params import StateLayout, initial_state
 from fedsim.state import ClientStateStore
-from fedsim.strategy import build_strategy
-from fedsim.tracking import Tracker, new_run_dir
+from fedsim.strategy import EvalSchedule, StrategySettings, build_strategy
+from fedsim.tracking import RoundMetrics, Tracker, new_run_dir
 
 log = logging.getLogger(__name__)
-
-BackendName = Literal["ray", "local"]
 
 
 def preflight(cfg: Config) -> nn.Module:
@@ -58,14 +59,19 @@ def preflight(cfg: Config) -> nn.Module:
         The model cannot be built for this dataset.
     """
     check_available(cfg.data.name, cfg.data.root)
-    info = dataset_info(cfg.data.name)
-    try:
-        return build_backbone(cfg, info.num_classes, info.input_shape)
-    except ValueError as exc:
-        raise ConfigError(
-            f"model.arch={cfg.model.arch} cannot be built for data.name="
-            f"{cfg.data.name} (input {info.input_shape}): {exc}"
-        ) from exc
+    return checked_model(cfg)
+
+
+def checked_model(cfg: Config) -> nn.Module:
+    """The config's model for its dataset, or a ConfigError saying why not."""
+    spec = check_model_fits(cfg)
+    return build_backbone(cfg, spec.num_classes, spec.input_shape)
+
+
+def model_layout(cfg: Config, model: nn.Module) -> StateLayout:
+    """What travels and what each client keeps, for this model and strategy."""
+    strategy = build_strategy(strategy_settings(cfg))
+    return StateLayout.of(model, strategy.local_names(model))
 
 
 def load_data(cfg: Config) -> tuple[FederatedData, Partition]:
@@ -83,24 +89,40 @@ def load_data(cfg: Config) -> tuple[FederatedData, Partition]:
         num_clients=d.num_clients,
         alpha=d.alpha,
         shards_per_client=d.shards_per_client,
-        client_test_fraction=d.client_test_fraction,
+        client_test_fraction=cfg.personal_test_fraction,
     )
-    return data, make_partition(data.y_train, spec, cfg.seed, data.users)
+    partition = make_partition(
+        data.y_train, spec, cfg.seed, data.users, test_users=data.test_users
+    )
+    return data, partition
+
+
+def strategy_settings(cfg: Config) -> StrategySettings:
+    """The config sections a strategy reads, and its evaluation schedule."""
+    global_model, personal = cfg.evaluates
+    schedule = EvalSchedule(
+        every=cfg.server.eval_every,
+        rounds=cfg.rounds,
+        global_model=global_model,
+        personal=personal,
+        personal_clients=cfg.server.personal_eval_clients,
+        num_clients=cfg.data.num_clients,
+        seed=cfg.seed,
+    )
+    return StrategySettings(
+        client=cfg.client,
+        server=cfg.server,
+        num_clients=cfg.data.num_clients,
+        schedule=schedule,
+    )
 
 
 def make_backend(name: BackendName, cfg: Config) -> Backend:
-    """The in-process or the Ray backend (Ray must already be initialized).
+    """A client pool made in this process (see :func:`fedsim.launch.client_pool`).
 
-    Ray actors start here, before the data is loaded, so that their imports
-    and the driver's loading overlap.
+    A run on Ray makes its pool in the driver actor instead (:mod:`fedsim.launch`).
     """
-    if name == "local":
-        from fedsim.backend.local import LocalBackend
-
-        return LocalBackend(cfg)
-    from fedsim.backend.ray_pool import RayPool
-
-    return RayPool(cfg)
+    return client_pool(name, cfg)
 
 
 class Experiment:
@@ -126,7 +148,15 @@ class Experiment:
             self.model = preflight(cfg)
             data, partition = load_data(cfg)
             self.run_dir = run_dir or new_run_dir(cfg)
-            self.tracker = Tracker(self.run_dir, cfg, resume=resume)
+            self.strategy = build_strategy(strategy_settings(cfg))
+            self.layout = StateLayout.of(
+                self.model, self.strategy.local_names(self.model)
+            )
+            self.state = self._initial_state(resume)
+            self._wall_before = self.state.wall_seconds
+            self.tracker = Tracker(
+                self.run_dir, cfg, resume_round=self.state.round if resume else None
+            )
         except BaseException:
             self.pool.shutdown()
             raise
@@ -136,6 +166,14 @@ class Experiment:
             self.close()
             raise
 
+    def _initial_state(self, resume: bool) -> ServerState:
+        if resume:
+            return load_checkpoint(self.run_dir, self.cfg.to_dict())
+        glob = initial_state(self.model, self.layout)
+        return ServerState(
+            round=0, global_tensors=glob, strategy_state=self.strategy.init(glob)
+        )
+
     def _setup(self, data: FederatedData, partition: Partition, resume: bool) -> None:
         cfg, info = self.cfg, data.info
         if not resume:
@@ -143,35 +181,63 @@ class Experiment:
                 partition_summary(partition, data.y_train, info.num_classes),
                 label_heatmap(partition, data.y_train, info.num_classes),
             )
-        self.layout = StateLayout.of(self.model)
-        self.state = (
-            load_checkpoint(self.run_dir)
-            if resume
-            else ServerState(0, initial_state(self.model, self.layout))
+        self.store = ClientStateStore(self.run_dir / "client_state")
+        if resume:  # versions written after the checkpoint belong to lost rounds
+            self.store.rollback(self.state.round)
+        self.pool.attach(data, partition, self.layout)
+        self.driver = Driver(
+            cohort=Cohort(
+                seed=cfg.seed,
+                num_clients=cfg.data.num_clients,
+                size=cfg.server.clients_per_round,
+            ),
+            backend=self.pool,
+            strategy=self.strategy,
+            tracker=self.tracker,
+            store=self.store,
+            eval_batch_size=cfg.server.eval_batch_size,
+            min_clients=cfg.server.min_clients,
+            max_round_retries=cfg.server.max_round_retries,
         )
-        store = (
-            ClientStateStore(self.run_dir / "client_state")
-            if self.layout.local_names
-            else None
-        )
-        self.pool.attach(data, partition)
-        strategy = build_strategy(cfg.server.strategy)
-        self.driver = Driver(cfg, self.pool, strategy, self.layout, self.tracker, store)
 
     def next_round(self) -> int:
         """The round :meth:`step` runs next (``cfg.rounds`` when done)."""
         return self.state.round
 
     def step(self) -> RoundMetrics:
-        """Run one round, checkpoint when due, and return its metrics."""
-        self.state, metrics = self.driver.run_round(self.state)
-        self.driver.maybe_checkpoint(self.state)
+        """Run one round, checkpoint when due, and return its metrics.
+
+        Raises
+        ------
+        RunStopped
+            The round kept failing (``server.min_clients``); the state before
+            it is checkpointed, so the run resumes at that round.
+        """
+        try:
+            self.state, metrics = self.driver.run_round(self.state)
+        except RoundFailed as exc:
+            self.checkpoint()
+            raise RunStopped(str(exc), self.run_dir) from None
+        every, r = self.cfg.log.checkpoint_every, self.state.round
+        if every and (r % every == 0 or r == self.cfg.rounds):
+            self.checkpoint()
         return metrics
+
+    def checkpoint(self) -> None:
+        """Save the server state and commit the client states with it."""
+        state = replace(self.state, wall_seconds=self.wall_seconds())
+        save_checkpoint(self.run_dir, state, self.cfg.to_dict())
+        self.store.commit(self.state.round)
+
+    def wall_seconds(self) -> float:
+        """Wall time of the whole run: earlier sessions (resume) plus this one."""
+        return self._wall_before + time.perf_counter() - self._t_start
 
     def finish(self) -> RunResult:
         """Write summary.json, release the workers, return the result."""
-        seconds = time.perf_counter() - self._t_start
-        summary = _summary(self.cfg, self.state, self.layout, self.model, seconds)
+        summary = _summary(
+            self.cfg, self.state, self.layout, self.model, self.wall_seconds()
+        )
         self.tracker.finish(summary)
         self.close()
         return RunResult(self.run_dir, summary)
@@ -191,17 +257,17 @@ def run_experiment(
 ) -> RunResult:
     """Run ``cfg`` to completion and return the run directory and summary.
 
-    ``backend="ray"``: a driver actor on this node owns the round loop and the
-    client actors (Ray must already be initialized, see
-    :func:`fedsim.backend.ray_pool.start_ray`). ``backend="local"``: the same
-    loop in this process. With ``resume=True``, ``run_dir`` must hold a
+    Where the driver runs is :func:`fedsim.launch.launch`'s business:
+    ``backend="ray"`` in a driver actor on this node, with client actors (Ray
+    is joined or started if this process has not initialized it);
+    ``backend="local"`` in this process. Relative paths in ``cfg`` are taken
+    from the current directory. With ``resume=True``, ``run_dir`` must hold a
     checkpoint; the run continues from its last saved round.
     """
-    if backend == "ray":
-        from fedsim.backend.ray_driver import run_on_ray
-
-        return run_on_ray(cfg, run_dir, resume)
-    return drive(Experiment(cfg, make_backend(backend, cfg), run_dir, resume), cfg)
+    cfg = resolve_paths(cfg)
+    new_run = partial(Experiment, cfg, run_dir=absolute_dir(run_dir), resume=resume)
+    # make_backend is looked up now, so that tests can swap the pool.
+    return launch(cfg, new_run, backend=backend, make_pool=make_backend)
 
 
 def _summary(
@@ -210,9 +276,12 @@ def _summary(
     ev = state.last_eval
     return {
         "name": cfg.name,
+        "strategy": cfg.server.strategy,
         "final_accuracy": ev.accuracy if ev else None,
         "final_loss": ev.loss if ev else None,
         "best_accuracy": state.best_accuracy,
+        "final_personal_accuracy": ev.personal_accuracy if ev else None,
+        "best_personal_accuracy": state.best_personal_accuracy,
         "rounds": state.round,
         "total_bytes": state.ledger.total_bytes,
         "bytes_up": state.ledger.total_up,

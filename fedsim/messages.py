@@ -1,61 +1,86 @@
 """What travels between the driver and the clients, as small frozen dataclasses.
 
+Every message is keyword-only. What travels is named by *channel*: ``"model"``
+(the tensors of the model that the server averages) and, for some algorithms,
+more (SCAFFOLD's ``"control"``). What stays on a client is its *kept* state,
+namespaced the same way (``"local"``: pFedPara's W2 or FedPer's head;
+``"scaffold"``: c_i; ``"feddyn"``: the gradient term).
+
 Example
 -------
->>> task = ClientTask(client_id=3, round=0, seed=11, lr=0.1, epochs=1, batch_size=8)
->>> task.client_id
-3
+>>> hp = ClientHParams(lr=0.1, epochs=1, batch_size=8)
+>>> task = ClientTask(client_id=3, round=0, seed=11, hparams=hp)
+>>> task.client_id, task.hparams.momentum
+(3, 0.0)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fedsim.algorithm import ClientAlgorithm
 
 if TYPE_CHECKING:  # torch-free at run time, so Ray processes can start fast
     from torch import Tensor
 
+Channels = Mapping[str, Mapping[str, "Tensor"]]
+"""Named groups of named tensors: ``{"model": {...}, "control": {...}}``."""
 
-@dataclass(frozen=True)
+MODEL = "model"
+"""The channel of the model's travelling tensors (every factor, bias, norm)."""
+
+LOCAL = "local"
+"""The kept-state namespace of the model's local tensors (pFedPara W2, FedPer)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientHParams:
+    """A client's local-training settings for one round (travel with the task)."""
+
+    lr: float
+    epochs: int
+    batch_size: int
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClientTask:
-    """One client's work for one round (the global payload travels beside it)."""
+    """One client's work for one round (the round's payload travels beside it)."""
 
     client_id: int
     round: int
     seed: int
-    lr: float
-    epochs: int
-    batch_size: int
+    hparams: ClientHParams
+    algorithm: ClientAlgorithm = field(default_factory=ClientAlgorithm)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ClientUpdate:
-    """A client's reply: its trained global tensors, weight and measured bytes.
+    """A client's reply: what travels back, what it keeps, and its weight.
 
     Attributes
     ----------
-    tensors
-        The trained tensors that travel back, keyed by ``state_dict`` name.
+    upload
+        The channels sent back, each keyed by tensor name; the driver measures
+        their bytes on arrival.
+    keep
+        Per-client state that never travels (namespaced, see module docstring).
     num_examples
         Training examples the client used (the FedAvg weight).
-    bytes_up
-        Measured upload size: numel x element size of ``tensors``.
-    local_state
-        Tensors that stay with the client (pFedPara's W2 factors); simulator
-        bookkeeping, not communication.
     """
 
     client_id: int
-    tensors: Mapping[str, Tensor]
+    upload: Channels
     num_examples: int
-    bytes_up: int
     train_loss: float
     train_seconds: float
-    local_state: Mapping[str, Tensor] = field(default_factory=dict)
+    keep: Channels = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ClientFailure:
     """A client that did not return a usable update, and why."""
 
@@ -65,7 +90,7 @@ class ClientFailure:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Global-model evaluation on (a shard of) a test split, as exact sums.
+    """Evaluation on (a shard of) a test split, as exact sums.
 
     Sums rather than means, so that shards evaluated by different workers
     combine into the same accuracy whatever the number of shards.
@@ -98,23 +123,9 @@ class EvalResult:
         )
 
 
-@dataclass(frozen=True)
-class RoundMetrics:
-    """The per-round record written to metrics.jsonl and TensorBoard."""
+@dataclass(frozen=True, kw_only=True)
+class ClientEval:
+    """One client's own model on its own test split (personalized evaluation)."""
 
-    round: int
-    accuracy: float
-    loss: float
-    train_loss: float
-    bytes_up: int
-    bytes_down: int
-    cumulative_bytes: int
-    num_clients: int
-    num_failed: int
-    lr: float
-    round_seconds: float
-    started_at: float  # unix time at the start of the round
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain dict for JSON."""
-        return dict(self.__dict__)
+    client_id: int
+    result: EvalResult

@@ -46,9 +46,15 @@ class StateLayout:
     local_names: tuple[str, ...]
 
     @classmethod
-    def of(cls, model: nn.Module) -> StateLayout:
-        """Split ``model``'s state by the layers' own global/local declaration."""
-        local = local_state_names(model)
+    def of(
+        cls, model: nn.Module, also_local: frozenset[str] = frozenset()
+    ) -> StateLayout:
+        """Split ``model``'s state: the layers' own local names plus ``also_local``.
+
+        ``also_local`` is what a strategy keeps on clients beyond pFedPara's W2
+        (FedPer's head, a local-only model's everything).
+        """
+        local = local_state_names(model) | also_local
         names = list(model.state_dict().keys())
         return cls(
             global_names=tuple(sorted(n for n in names if n not in local)),
@@ -65,6 +71,27 @@ class StateLayout:
         """Number of elements that travel each way per client per round."""
         state = model.state_dict()
         return sum(state[n].numel() for n in self.global_names)
+
+
+def last_layer_names(model: nn.Module, k: int) -> frozenset[str]:
+    """State-dict names of the last ``k`` layers that hold parameters (FedPer's head).
+
+    A layer is a module with parameters of its own, in registration order.
+
+    >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    >>> sorted(last_layer_names(net, 1))
+    ['2.bias', '2.weight']
+    """
+    layers = [
+        (prefix, module)
+        for prefix, module in model.named_modules()
+        if any(True for _ in module.parameters(recurse=False))
+    ]
+    names: set[str] = set()
+    for prefix, module in layers[-k:]:
+        for name, _ in module.named_parameters(recurse=False):
+            names.add(f"{prefix}.{name}" if prefix else name)
+    return frozenset(names)
 
 
 def initial_state(model: nn.Module, layout: StateLayout) -> Tensors:

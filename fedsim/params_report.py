@@ -14,17 +14,14 @@ from dataclasses import replace
 from typing import Any
 
 from fedsim.config import Config
-from fedsim.data import dataset_info
-from fedsim.model import build_backbone
-from fedsim.params import StateLayout
+from fedsim.experiment import checked_model, model_layout
 
 FP32_BYTES = 4
 
 
 def _counts(cfg: Config) -> tuple[int, int]:
-    info = dataset_info(cfg.data.name)
-    model = build_backbone(cfg, info.num_classes, info.input_shape)
-    layout = StateLayout.of(model)
+    model = checked_model(cfg)
+    layout = model_layout(cfg, model)
     total = sum(p.numel() for p in model.parameters())
     return total, layout.num_global(model)
 

@@ -1,111 +1,362 @@
-"""``fedsim report``: compare runs by accuracy against bytes sent.
+r"""``fedsim report``: compare runs by accuracy against the bytes they sent.
 
-Reads run directories (``metrics.jsonl`` + ``config.yaml``), prints a table of
-final/best accuracy, total GB and GB to reach a target accuracy, and writes a
-plot of accuracy against cumulative GB (the paper's Figure 3 axes).
+Reads run directories (``config.yaml``, ``metrics.jsonl``, optional
+``summary.json``) and writes, into one output directory, ``report.md`` and
+``report.csv`` (one row per run) plus accuracy against cumulative GB (the
+paper's Figure 3 axes) and against rounds as PNG and SVG.
+
+A resumed run may repeat rounds in ``metrics.jsonl``: each round is read once,
+its last occurrence wins. Only evaluated rounds (``accuracy`` not null) count
+for final/best accuracy, the target and the figures.
 
 Example
 -------
->>> rows = [{"accuracy": 0.5, "cumulative_bytes": 10**9},
-...         {"accuracy": 0.8, "cumulative_bytes": 2 * 10**9}]
->>> gb_to_target(rows, 0.7)
-2.0
+>>> import tempfile
+>>> run, out = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
+>>> _ = (run / "config.yaml").write_text("name: demo\nmodel: {param: original}\n")
+>>> row = {"round": 0, "accuracy": 0.9, "bytes_up": 10**9, "bytes_down": 10**9,
+...        "cumulative_bytes": 2 * 10**9, "num_clients": 2, "round_seconds": 1.5}
+>>> _ = (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+>>> [p.name for p in write_report([run], out, target=0.8).paths[:3]]
+['report.md', 'report.csv', 'accuracy_vs_gb.png']
+>>> (out / "report.csv").read_text().splitlines()[1]
+'demo,,original,,,,2000000000.0,1,0.9,0.9,,,0.8,2.0,1.0,1.5,true'
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fedsim.tracking import read_metrics
+from fedsim.comm import simulated_link_seconds
+from fedsim.config import ConfigError
+from fedsim.report_plot import Curve, plot_curves
+from fedsim.report_table import ReportRow, format_csv, format_markdown
+
+log = logging.getLogger(__name__)
+
+
+class ReportError(ConfigError):
+    """A run directory's content or a report option is unusable."""
 
 
 @dataclass(frozen=True)
-class RunCurve:
-    """One run's accuracy against cumulative GB."""
+class RoundPoint:
+    """One round of ``metrics.jsonl``; ``accuracy`` is None where not evaluated."""
 
-    label: str
-    run_dir: Path
-    rounds: int
-    gb: list[float]
-    accuracy: list[float]
-    gb_to_target: float | None
+    round: int
+    accuracy: float | None = None
+    personal_accuracy: float | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+    cumulative_bytes: int = 0
+    num_clients: int = 1
+    num_failed: int = 0
+    round_seconds: float = 0.0
 
-
-def gb_to_target(rows: Sequence[Mapping[str, Any]], target: float) -> float | None:
-    """Cumulative GB when accuracy first reaches ``target`` (None if never)."""
-    for row in rows:
-        if row["accuracy"] >= target:
-            return float(row["cumulative_bytes"]) / 1e9
-    return None
-
-
-def load_curve(run_dir: Path, target: float) -> RunCurve:
-    """Read one run directory."""
-    rows = read_metrics(run_dir)
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    m = cfg["model"]
-    label = f"{cfg['name']} [{m['arch']} {m['param']} γ={m['gamma']}]"
-    return RunCurve(
-        label=label,
-        run_dir=run_dir,
-        rounds=len(rows),
-        gb=[r["cumulative_bytes"] / 1e9 for r in rows],
-        accuracy=[r["accuracy"] for r in rows],
-        gb_to_target=gb_to_target(rows, target),
-    )
-
-
-def format_table(curves: Sequence[RunCurve], target: float) -> str:
-    """Plain-text comparison table."""
-    head = (
-        f"{'run':<48} {'rounds':>6} {'final':>7} {'best':>7} {'GB':>9} "
-        f"{f'GB to {target:.0%}':>11}"
-    )
-    lines = [head, "-" * len(head)]
-    for c in curves:
-        to_target = f"{c.gb_to_target:.3f}" if c.gb_to_target is not None else "never"
-        lines.append(
-            f"{c.label[:48]:<48} {c.rounds:>6} {c.accuracy[-1]:>7.4f} "
-            f"{max(c.accuracy):>7.4f} {c.gb[-1]:>9.3f} {to_target:>11}"
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> RoundPoint:
+        """Parse one metrics row; a missing or non-finite accuracy is None."""
+        return cls(
+            round=int(obj["round"]),
+            accuracy=_opt_float(obj.get("accuracy")),
+            personal_accuracy=_opt_float(obj.get("personal_accuracy")),
+            bytes_up=int(obj["bytes_up"]),
+            bytes_down=int(obj["bytes_down"]),
+            cumulative_bytes=int(obj["cumulative_bytes"]),
+            num_clients=int(obj.get("num_clients", 1)),
+            num_failed=int(obj.get("num_failed", 0)),
+            round_seconds=float(obj.get("round_seconds", 0.0)),
         )
-    return "\n".join(lines)
 
 
-def plot(curves: Sequence[RunCurve], out: Path, target: float) -> Path:
-    """Accuracy against cumulative GB, one line per run, saved as PNG."""
-    import matplotlib
+@dataclass(frozen=True)
+class Link:
+    """A simulated client link, in megabits per second each way."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    uplink_mbps: float
+    downlink_mbps: float
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for c in curves:
-        ax.plot(c.gb, c.accuracy, label=c.label)
-    ax.axhline(target, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("cumulative communication (GB, up + down)")
-    ax.set_ylabel("global test accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    def client_seconds(self, p: RoundPoint) -> float:
+        """Link seconds of ONE client in round ``p``: download then upload.
+
+        The round's ``bytes_down`` is split over the clients sampled
+        (``num_clients + num_failed``), ``bytes_up`` over those that reported
+        (``num_clients``); the two directions add up, stragglers are not modelled.
+
+        Examples
+        --------
+        >>> p = RoundPoint(0, bytes_down=3_000_000, bytes_up=2_000_000,
+        ...                num_clients=2, num_failed=1)
+        >>> Link(uplink_mbps=8, downlink_mbps=16).client_seconds(p)
+        1.5
+        """
+        down = simulated_link_seconds(p.bytes_down, self.downlink_mbps)
+        up = simulated_link_seconds(p.bytes_up, self.uplink_mbps)
+        return down / max(p.num_clients + p.num_failed, 1) + up / max(p.num_clients, 1)
 
 
-def report(run_dirs: Sequence[Path], target: float, out: Path | None) -> str:
-    """Table of the runs; with ``out``, also the plot."""
-    missing = [d for d in run_dirs if not (d / "metrics.jsonl").is_file()]
-    if missing:
+@dataclass(frozen=True)
+class Run:
+    """What the report needs of one run directory."""
+
+    name: str
+    points: tuple[RoundPoint, ...]
+    arch: str = ""
+    param: str = ""
+    gamma: float | None = None
+    strategy: str = ""
+    params_travelling: int | None = None
+    wall_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ReportOutput:
+    """The markdown table and every file written."""
+
+    markdown: str
+    paths: tuple[Path, ...]
+
+
+def _opt_float(value: Any) -> float | None:
+    if value is None or not math.isfinite(float(value)):
+        return None
+    return float(value)
+
+
+def parse_metrics(text: str, source: str = "metrics.jsonl") -> tuple[RoundPoint, ...]:
+    r"""Rounds of a ``metrics.jsonl`` text, each once (last wins), sorted.
+
+    Unparseable lines (a write cut short by a crash) are skipped with a warning.
+
+    Examples
+    --------
+    >>> text = '{"round": 1, "accuracy": 0.5, "bytes_up": 1, "bytes_down": 1, '
+    >>> text += '"cumulative_bytes": 4}\n{"round": 0, "accuracy": null, '
+    >>> text += '"bytes_up": 1, "bytes_down": 1, "cumulative_bytes": 2}\n'
+    >>> [(p.round, p.accuracy) for p in parse_metrics(text + text)]
+    [(0, None), (1, 0.5)]
+    """
+    by_round: dict[int, RoundPoint] = {}
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            point = RoundPoint.from_json(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s: line %d is not JSON; skipped", source, n)
+            continue
+        except (KeyError, TypeError, ValueError) as exc:
+            msg = f"{source}: line {n} is not a metrics row ({exc!r})"
+            raise ReportError(msg) from exc
+        by_round[point.round] = point
+    return tuple(by_round[r] for r in sorted(by_round))
+
+
+def load_run(run_dir: Path) -> Run:
+    """Read one run directory (raises FileNotFoundError if it is not one).
+
+    Examples
+    --------
+    >>> load_run(Path("/nonexistent"))
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: not a run directory (no config.yaml or metrics.jsonl): ...
+    """
+    metrics, config = run_dir / "metrics.jsonl", run_dir / "config.yaml"
+    if not (metrics.is_file() and config.is_file()):
         raise FileNotFoundError(
-            f"not a run directory (no metrics.jsonl): {', '.join(map(str, missing))}"
+            f"not a run directory (no config.yaml or metrics.jsonl): {run_dir}"
         )
-    curves = [load_curve(d, target) for d in run_dirs]
-    text = format_table(curves, target)
-    if out is not None:
-        text += f"\nplot: {plot(curves, out, target)}"
-    return text
+    points = parse_metrics(metrics.read_text(), str(metrics))
+    if not points:
+        raise ReportError(f"{metrics} has no rounds yet")
+    cfg = yaml.safe_load(config.read_text()) or {}
+    model, server = cfg.get("model") or {}, cfg.get("server") or {}
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    travelling = summary.get("num_params_travelling")
+    return Run(
+        name=str(cfg.get("name", run_dir.name)),
+        points=points,
+        arch=str(model.get("arch", "")),
+        param=str(model.get("param", "")),
+        gamma=_opt_float(model.get("gamma")),
+        strategy=str(server.get("strategy", "")),
+        params_travelling=None if travelling is None else int(travelling),
+        wall_seconds=_opt_float(summary.get("wall_seconds")),
+    )
+
+
+METRICS = ("auto", "global", "personal")
+
+
+def scored_metric(points: Sequence[RoundPoint], metric: str = "auto") -> str:
+    """The field a run is scored on: its curve and its GB to the target.
+
+    ``"global"``: the server model's accuracy; ``"personal"``: the clients' own
+    models' accuracy; ``"auto"``: global, or personal for a run without a
+    global model (FedPer and local-only evaluate only each client's own model).
+    """
+    if metric != "auto":
+        return "personal_accuracy" if metric == "personal" else "accuracy"
+    if any(p.accuracy is not None for p in points):
+        return "accuracy"
+    if any(p.personal_accuracy is not None for p in points):
+        return "personal_accuracy"
+    return "accuracy"
+
+
+def first_reaching(
+    points: Sequence[RoundPoint], target: float, metric: str = "accuracy"
+) -> RoundPoint | None:
+    """The first evaluated round with ``metric >= target`` (None if never).
+
+    Examples
+    --------
+    >>> pts = [RoundPoint(0, 0.5, cumulative_bytes=10**9), RoundPoint(1, None),
+    ...        RoundPoint(2, 0.8, cumulative_bytes=3 * 10**9)]
+    >>> first_reaching(pts, 0.7).cumulative_bytes / 1e9, first_reaching(pts, 0.9)
+    (3.0, None)
+    """
+    return next(
+        (p for p in points if (v := getattr(p, metric)) is not None and v >= target),
+        None,
+    )
+
+
+def summarize(
+    run: Run, target: float, link: Link | None = None, metric: str = "auto"
+) -> ReportRow:
+    """One report row, without the ratio to the original (see :func:`build_rows`).
+
+    Examples
+    --------
+    >>> run = Run("a", (RoundPoint(0, 0.9, bytes_up=4, cumulative_bytes=4),))
+    >>> row = summarize(run, target=0.5)
+    >>> row.bytes_per_round, row.final_accuracy, row.gb_to_target
+    (4.0, 0.9, 4e-09)
+    """
+    pts = run.points
+    acc = [a for p in pts if (a := p.accuracy) is not None]
+    personal = [a for p in pts if (a := p.personal_accuracy) is not None]
+    reached = first_reaching(pts, target, scored_metric(pts, metric))
+    link_s = [link.client_seconds(p) for p in pts] if link else []
+    wall = run.wall_seconds
+    return ReportRow(
+        name=run.name, arch=run.arch, param=run.param, gamma=run.gamma,
+        strategy=run.strategy, params_travelling=run.params_travelling,
+        bytes_per_round=sum(p.bytes_up + p.bytes_down for p in pts) / len(pts),
+        rounds=len(pts),
+        final_accuracy=acc[-1] if acc else None,
+        best_accuracy=max(acc, default=None),
+        final_personal_accuracy=personal[-1] if personal else None,
+        best_personal_accuracy=max(personal, default=None),
+        target=target,
+        gb_to_target=reached.cumulative_bytes / 1e9 if reached else None,
+        gb_ratio_to_original=None,
+        wall_seconds=sum(p.round_seconds for p in pts) if wall is None else wall,
+        wall_seconds_from_rounds=run.wall_seconds is None,
+        link_seconds_per_round=sum(link_s) / len(pts) if link else None,
+        link_seconds_to_target=(
+            sum(link_s[: pts.index(reached) + 1]) if link and reached else None
+        ),
+    )  # fmt: skip
+
+
+def build_rows(
+    runs: Sequence[Run],
+    target: float,
+    link: Link | None = None,
+    metric: str = "auto",
+) -> tuple[ReportRow, ...]:
+    """Rows of all runs, with GB to target divided by the first original run's.
+
+    Examples
+    --------
+    >>> pts = lambda gb: (RoundPoint(0, 0.9, cumulative_bytes=gb * 10**9),)
+    >>> runs = [Run("o", pts(10), param="original"), Run("f", pts(2))]
+    >>> [row.gb_ratio_to_original for row in build_rows(runs, target=0.5)]
+    [1.0, 0.2]
+    """
+    rows = [summarize(run, target, link, metric) for run in runs]
+    base = next((r.gb_to_target for r in rows if r.param == "original"), None)
+    return tuple(
+        replace(r, gb_ratio_to_original=r.gb_to_target / base)
+        if base and r.gb_to_target is not None
+        else r
+        for r in rows
+    )
+
+
+def make_link(uplink_mbps: float | None, downlink_mbps: float | None) -> Link | None:
+    """The simulated link of the CLI options: both or neither, both positive.
+
+    Examples
+    --------
+    >>> make_link(None, None) is None, make_link(10, 50)
+    (True, Link(uplink_mbps=10, downlink_mbps=50))
+    """
+    if uplink_mbps is None and downlink_mbps is None:
+        return None
+    if uplink_mbps is None or downlink_mbps is None:
+        raise ReportError("give both --uplink-mbps and --downlink-mbps, or neither")
+    if uplink_mbps <= 0 or downlink_mbps <= 0:
+        raise ReportError("--uplink-mbps and --downlink-mbps must be > 0")
+    return Link(uplink_mbps, downlink_mbps)
+
+
+def write_report(
+    run_dirs: Sequence[Path],
+    out_dir: Path,
+    target: float = 0.8,
+    link: Link | None = None,
+    metric: str = "auto",
+) -> ReportOutput:
+    """Write report.md, report.csv and the four figures into ``out_dir``.
+
+    Every directory is checked before anything is written; runs sharing a
+    name are told apart by their directory's name (or path, if that is shared
+    too). See the module example.
+    """
+    runs = _unique_names([load_run(Path(d)) for d in run_dirs], run_dirs)
+    rows = build_rows(runs, target, link, metric)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = format_markdown(rows, target, link, metric)
+    md_path, csv_path = out_dir / "report.md", out_dir / "report.csv"
+    md_path.write_text(markdown + "\n")
+    csv_path.write_text(format_csv(rows, link))
+    figures = plot_curves([_curve(r, metric) for r in runs], out_dir, target)
+    return ReportOutput(markdown, (md_path, csv_path, *figures))
+
+
+def _curve(run: Run, scored: str) -> Curve:
+    metric = scored_metric(run.points, scored)
+    evaluated = [(p, v) for p in run.points if (v := getattr(p, metric)) is not None]
+    personal = " (personal)" if metric == "personal_accuracy" else ""
+    return Curve(
+        label=run.name + personal,
+        rounds=tuple(p.round + 1 for p, _ in evaluated),
+        gb=tuple(p.cumulative_bytes / 1e9 for p, _ in evaluated),
+        accuracy=tuple(v for _, v in evaluated),
+    )
+
+
+def _unique_names(runs: Sequence[Run], run_dirs: Sequence[Path]) -> list[Run]:
+    names = [r.name for r in runs]
+    bases = [Path(d).name for d in run_dirs]
+    tags = [
+        b if bases.count(b) == 1 else str(d)
+        for b, d in zip(bases, run_dirs, strict=True)
+    ]
+    return [
+        replace(r, name=f"{r.name} ({tag})") if names.count(r.name) > 1 else r
+        for r, tag in zip(runs, tags, strict=True)
+    ]

@@ -1,17 +1,30 @@
-"""Per-client persistent state that outlives actors: pFedPara's local factors.
+"""Per-client state that outlives actors, versioned by round.
 
-State is kept on disk under the run directory, one file per client, so any
-number of clients fits, the driver's memory stays flat, and a resumed run finds
-it where it was left.
+What a client keeps between its rounds (pFedPara's W2, FedPer's head, SCAFFOLD's
+c_i, FedDyn's gradient term) lives on disk under the run directory, one file
+per client and version, so any number of clients fits and the driver's memory
+holds only an index. A version is named by the round that wrote it
+(``<client>@<round>.pt``): a write never replaces what an earlier checkpoint
+refers to, so a run that crashes between checkpoints resumes with exactly the
+client states of the checkpointed round (:meth:`ClientStateStore.rollback`).
+:meth:`ClientStateStore.commit`, called with every checkpoint, deletes the
+versions no checkpoint can need any more.
+
+Files hold plain tensors (``"namespace/name"`` keys) and load with
+``torch.load(weights_only=True)``: no code runs on load.
 
 Example
 -------
 >>> import tempfile, torch
 >>> store = ClientStateStore(tempfile.mkdtemp())
->>> store.get(4) is None
-True
->>> store.put(4, {"fc.x2": torch.ones(2)})
->>> store.get(4)["fc.x2"].tolist()
+>>> store.get(4)
+{}
+>>> store.put(4, 0, {"local": {"fc.x2": torch.ones(2)}})
+>>> store.put(4, 3, {"local": {"fc.x2": torch.zeros(2)}})
+>>> store.get(4)["local"]["fc.x2"].tolist()
+[0.0, 0.0]
+>>> store.rollback(2)  # resume from a checkpoint taken after round 1
+>>> store.get(4)["local"]["fc.x2"].tolist()
 [1.0, 1.0]
 """
 
@@ -26,27 +39,80 @@ from torch import Tensor
 
 from fedsim.params import Tensors
 
+KeptState = dict[str, Tensors]
+
 
 class ClientStateStore:
-    """Client id -> named tensors, one ``.pt`` file per client."""
+    """Client id -> namespaced tensors, one ``<client>@<round>.pt`` per version."""
 
     def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
+        self.directory = Path(directory)  # made on the first put
+        self._versions: dict[int, list[int]] = {}  # client -> sorted rounds
+        self._written: set[int] = set()  # clients written since the last commit
+        for path in self.directory.glob("*@*.pt"):
+            client, _, rnd = path.stem.partition("@")
+            self._versions.setdefault(int(client), []).append(int(rnd))
+        for rounds in self._versions.values():
+            rounds.sort()
+
+    def _path(self, client_id: int, server_round: int) -> Path:
+        return self.directory / f"{client_id}@{server_round}.pt"
+
+    def get(self, client_id: int) -> KeptState:
+        """The client's newest kept state; empty before its first round."""
+        rounds = self._versions.get(client_id)
+        if not rounds:
+            return {}
+        flat: Tensors = torch.load(
+            self._path(client_id, rounds[-1]), map_location="cpu", weights_only=True
+        )
+        kept: KeptState = {}
+        for key, tensor in flat.items():
+            namespace, _, name = key.partition("/")
+            kept.setdefault(namespace, {})[name] = tensor
+        return kept
+
+    def put(
+        self,
+        client_id: int,
+        server_round: int,
+        kept: Mapping[str, Mapping[str, Tensor]],
+    ) -> None:
+        """Save what the client keeps after ``server_round`` (write, then rename)."""
+        flat = {
+            f"{ns}/{name}": t for ns, group in kept.items() for name, t in group.items()
+        }
+        path = self._path(client_id, server_round)
         self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(flat, tmp)
+        os.replace(tmp, path)
+        rounds = self._versions.setdefault(client_id, [])
+        if server_round not in rounds:
+            rounds.append(server_round)
+            rounds.sort()
+        self._written.add(client_id)
 
-    def _path(self, client_id: int) -> Path:
-        return self.directory / f"{client_id}.pt"
+    def commit(self, next_round: int) -> None:
+        """A checkpoint of ``next_round`` is written: drop versions it cannot need.
 
-    def get(self, client_id: int) -> Tensors | None:
-        """The client's tensors, or None before its first round."""
-        path = self._path(client_id)
-        if not path.exists():
-            return None
-        state: Tensors = torch.load(path, map_location="cpu", weights_only=True)
-        return state
+        Keeps each client's newest version before ``next_round`` (what a resume
+        from this checkpoint reads) and anything newer.
+        """
+        for client_id in sorted(self._written):
+            rounds = self._versions[client_id]
+            older = [r for r in rounds if r < next_round]
+            for r in older[:-1]:
+                self._path(client_id, r).unlink(missing_ok=True)
+            self._versions[client_id] = [r for r in rounds if r not in older[:-1]]
+        self._written.clear()
 
-    def put(self, client_id: int, tensors: Mapping[str, Tensor]) -> None:
-        """Save the client's tensors atomically (write, then rename)."""
-        tmp = self._path(client_id).with_suffix(".tmp")
-        torch.save(dict(tensors), tmp)
-        os.replace(tmp, self._path(client_id))
+    def rollback(self, next_round: int) -> None:
+        """Forget versions written at or after ``next_round`` (resume from there)."""
+        for client_id, rounds in self._versions.items():
+            for r in rounds:
+                if r >= next_round:
+                    self._path(client_id, r).unlink(missing_ok=True)
+            self._versions[client_id] = [r for r in rounds if r < next_round]
+        for tmp in self.directory.glob("*.tmp"):
+            tmp.unlink()

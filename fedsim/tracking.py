@@ -15,18 +15,26 @@ Layout of ``runs/<name>/<timestamp>/``::
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedsim.comm import RoundTraffic
 from fedsim.config import Config, dump_config
-from fedsim.messages import RoundMetrics
 
+if TYPE_CHECKING:
+    from fedsim.strategy.evaluate import EvalMetrics
+
+# Logged every round they have a value (evaluations: only rounds that ran them).
 SCALARS = (
     "accuracy",
     "loss",
+    "personal_accuracy",
+    "personal_p10",
+    "personal_p90",
     "train_loss",
     "bytes_up",
     "bytes_down",
@@ -36,6 +44,51 @@ SCALARS = (
     "lr",
     "round_seconds",
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundMetrics:
+    """The per-round record written to metrics.jsonl and TensorBoard.
+
+    Evaluation fields are None (``null`` in JSON) on rounds that did not run
+    that evaluation (``server.eval_every > 1``, or a run without it).
+    """
+
+    round: int
+    accuracy: float | None = None
+    loss: float | None = None
+    personal_accuracy: float | None = None
+    personal_p10: float | None = None
+    personal_p90: float | None = None
+    personal_clients: int = 0
+    train_loss: float | None
+    bytes_up: int
+    bytes_down: int
+    cumulative_bytes: int
+    bytes_by_channel: dict[str, dict[str, int]] = field(default_factory=dict)
+    num_clients: int
+    num_failed: int
+    lr: float
+    round_seconds: float
+    started_at: float  # unix time at the start of the round
+
+    @staticmethod
+    def evaluated(evaluation: EvalMetrics | None) -> dict[str, Any]:
+        """The evaluation fields of a round from its :class:`EvalMetrics`."""
+        if evaluation is None:
+            return {}
+        return {
+            "accuracy": evaluation.accuracy,
+            "loss": evaluation.loss,
+            "personal_accuracy": evaluation.personal_accuracy,
+            "personal_p10": evaluation.personal_p10,
+            "personal_p90": evaluation.personal_p90,
+            "personal_clients": evaluation.personal_clients,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict for JSON."""
+        return dict(self.__dict__)
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -61,19 +114,29 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 class Tracker:
     """Writes everything a run leaves behind, as it happens."""
 
-    def __init__(self, run_dir: Path, cfg: Config, *, resume: bool = False) -> None:
+    def __init__(
+        self, run_dir: Path, cfg: Config, *, resume_round: int | None = None
+    ) -> None:
+        """Open the run directory; on resume, cut the logs back to ``resume_round``.
+
+        Rows of rounds at or after the checkpoint's round were written by the
+        interrupted run and are written again now: they are removed, and
+        TensorBoard purges its events from that step on.
+        """
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            dump_config(cfg, run_dir / "config.yaml")
+        dump_config(cfg, run_dir / "config.yaml")
+        if resume_round is not None:
+            for name in ("metrics.jsonl", "comm.jsonl"):
+                _truncate_rounds(run_dir / name, resume_round)
         self._metrics = (run_dir / "metrics.jsonl").open("a")
         self._comm = (run_dir / "comm.jsonl").open("a")
         self.writer: Any = None
         if cfg.log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tb"))
-            if not resume:
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_round)
+            if resume_round is None:
                 self._write_hparams(cfg)
 
     def _write_hparams(self, cfg: Config) -> None:
@@ -104,15 +167,17 @@ class Tracker:
             return
         step = metrics.round
         for tag in SCALARS:
-            self.writer.add_scalar(tag, getattr(metrics, tag), step)
+            value = getattr(metrics, tag)
+            if value is not None:
+                self.writer.add_scalar(tag, value, step)
         # Accuracy against cumulative traffic, the paper's x-axis. TensorBoard
         # steps are integers, so the step is kilobytes: whole megabytes would
         # merge rounds of small models into one point.
-        self.writer.add_scalar(
-            "accuracy_vs_cumulative_kB",
-            metrics.accuracy,
-            round(metrics.cumulative_bytes / 1e3),
-        )
+        kb = round(metrics.cumulative_bytes / 1e3)
+        for tag in ("accuracy", "personal_accuracy"):
+            value = getattr(metrics, tag)
+            if value is not None:
+                self.writer.add_scalar(f"{tag}_vs_cumulative_kB", value, kb)
         self.writer.flush()
 
     def finish(self, summary: Mapping[str, Any]) -> None:
@@ -129,10 +194,29 @@ class Tracker:
             self.writer = None
 
 
+def _truncate_rounds(path: Path, first_dropped: int) -> None:
+    """Keep only the JSON rows of ``path`` whose round is before ``first_dropped``."""
+    if not path.exists():
+        return
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["round"] < first_dropped
+    ]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in keep))
+    tmp.replace(path)
+
+
 def read_metrics(run_dir: Path) -> Sequence[dict[str, Any]]:
     """The rows of a run's metrics.jsonl."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
+
+
+PROGRESS_ROW = threading.local()
+"""``PROGRESS_ROW.value``: the terminal row of this thread's progress bar (a sweep
+runs several runs at once, one line each)."""
 
 
 class Progress:
@@ -148,16 +232,23 @@ class Progress:
             unit="round",
             disable=not cfg.log.progress,
             dynamic_ncols=True,
+            position=getattr(PROGRESS_ROW, "value", None),
         )
+        self._shown: dict[str, str] = {}
 
     def update(self, metrics: RoundMetrics) -> None:
-        """Advance one round."""
+        """Advance one round (accuracies shown as of the last evaluation)."""
         self._bar.update(1)
-        self._bar.set_postfix(
-            acc=f"{metrics.accuracy:.4f}",
-            GB=f"{metrics.cumulative_bytes / 1e9:.3f}",
-            failed=metrics.num_failed,
-        )
+        if metrics.accuracy is not None:
+            self._shown["acc"] = f"{metrics.accuracy:.4f}"
+        if metrics.personal_accuracy is not None:
+            self._shown["personal"] = f"{metrics.personal_accuracy:.4f}"
+        shown = {
+            **self._shown,
+            "GB": f"{metrics.cumulative_bytes / 1e9:.3f}",
+            "failed": metrics.num_failed,
+        }
+        self._bar.set_postfix(shown)
 
     def __enter__(self) -> Progress:
         return self

@@ -10,7 +10,7 @@ Example
 >>> from torch import nn
 >>> module = Classifier(nn.Linear(4, 3), num_classes=3, lr=0.1)
 >>> batch = (torch.randn(8, 4), torch.randint(0, 3, (8,)))
->>> float(module.training_step(batch, 0)) > 0
+>>> float(module.training_step(batch, 0).detach()) > 0
 True
 """
 

@@ -29,8 +29,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
@@ -48,9 +47,12 @@ from lightning_modules.layers import (
     fedpara_weight_count,
     lowrank_rank_matching,
 )
-
-ParamKind = Literal["original", "lowrank", "fedpara", "pfedpara"]
-ARCHS = ("vgg16", "mlp", "mlp_digits", "lstm", "cnn")
+from lightning_modules.spec import (
+    ARCHS,
+    ModelSpec,
+    ParamKind,
+    input_problem,
+)
 
 _VGG16_CFG: tuple[int | str, ...] = (
     *(64, 64, "M", 128, 128, "M"),
@@ -59,43 +61,6 @@ _VGG16_CFG: tuple[int | str, ...] = (
 _GN_GROUPS = 2
 _LSTM_EMBED, _LSTM_HIDDEN, _LSTM_LAYERS = 8, 256, 2
 _CNN_HIDDEN = 256
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What to build.
-
-    Parameters
-    ----------
-    arch : str
-        One of ``ARCHS``.
-    num_classes : int
-        Number of output logits (vocabulary size for ``lstm``).
-    input_shape : tuple of int
-        Shape of one example: ``(C, H, W)`` for images, ``(seq_len,)`` for ``lstm``.
-    param : {"original", "lowrank", "fedpara", "pfedpara"}
-        Parameterization of the reparameterizable layers.
-    gamma : float
-        Rank knob in [0, 1], meaning set by ``rank_rule``.
-    rank_rule : {"paper", "official"}
-        Rule turning ``gamma`` into an inner rank.
-    nonlinear : bool
-        FedPara tanh variant ``tanh(W1) ⊙ tanh(W2)``.
-
-    Examples
-    --------
-    >>> spec = ModelSpec("mlp_digits", num_classes=10, input_shape=(1, 8, 8))
-    >>> build_model(spec)(torch.zeros(2, 1, 8, 8)).shape
-    torch.Size([2, 10])
-    """
-
-    arch: str
-    num_classes: int
-    input_shape: tuple[int, ...]
-    param: ParamKind = "fedpara"
-    gamma: float = 0.1
-    rank_rule: RankRule = "paper"
-    nonlinear: bool = False
 
 
 # ----------------------------------------------------------------------------
@@ -173,20 +138,22 @@ class FeaturesClassifier(nn.Module):
         return logits
 
 
-def _image_shape(spec: ModelSpec, min_side: int) -> tuple[int, int, int]:
+def _image_shape(spec: ModelSpec) -> tuple[int, int, int]:
     """Validate and return ``(C, H, W)``."""
+    _check_input(spec)
     shape = spec.input_shape
-    if len(shape) != 3 or min(shape) < 1 or min(shape[1:]) < min_side:
-        raise ValueError(
-            f"{spec.arch} needs input_shape (C, H, W) with H, W >= {min_side}, "
-            f"got {shape!r}"
-        )
     return shape[0], shape[1], shape[2]
+
+
+def _check_input(spec: ModelSpec) -> None:
+    problem = input_problem(spec)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def _vgg16(spec: ModelSpec) -> nn.Module:
     """VGG16-GN: 13 conv3x3 + GroupNorm(2) + ReLU, dense 512-512-classes head."""
-    channels, height, width = _image_shape(spec, 32)
+    channels, height, width = _image_shape(spec)
     layers: list[nn.Module] = []
     for v in _VGG16_CFG:
         if isinstance(v, str):  # "M"
@@ -210,8 +177,7 @@ def _vgg16(spec: ModelSpec) -> nn.Module:
 
 def _mlp(spec: ModelSpec, hidden: tuple[int, ...]) -> nn.Module:
     """Flatten, then ``Linear -> ReLU`` per hidden size, then a linear classifier."""
-    if len(spec.input_shape) == 0 or min(spec.input_shape) < 1:
-        raise ValueError(f"{spec.arch} needs a non-empty input_shape, got ()")
+    _check_input(spec)
     sizes = (math.prod(spec.input_shape), *hidden, spec.num_classes)
     layers: list[nn.Module] = [nn.Flatten()]
     for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
@@ -228,7 +194,7 @@ def _cnn_side(side: int) -> int:
 
 def _cnn(spec: ModelSpec) -> nn.Module:
     """Small McMahan-style CNN: two conv5x5 + maxpool blocks, two linear layers."""
-    channels, height, width = _image_shape(spec, 16)
+    channels, height, width = _image_shape(spec)
     features = nn.Sequential(
         _make(spec, channels, 32, k=5),
         nn.ReLU(inplace=True),
@@ -314,8 +280,7 @@ class CharLSTM(nn.Module):
 
 def _lstm(spec: ModelSpec) -> nn.Module:
     """Build :class:`CharLSTM` after checking ``input_shape``."""
-    if len(spec.input_shape) != 1 or spec.input_shape[0] < 1:
-        raise ValueError(f"lstm needs input_shape (seq_len,), got {spec.input_shape}")
+    _check_input(spec)
     return CharLSTM(spec)
 
 

@@ -1,7 +1,11 @@
-"""Entry point of a submitted Ray job: ``python -m ray_jobs.train CONFIG [k=v ...]``.
+"""Entry point of a submitted Ray job: ``python -m ray_jobs.train CONFIG [args]``.
 
-Joins the cluster the job runs on (RAY_ADDRESS is set by Ray Jobs) and runs one
-experiment; exits non-zero on failure.
+``fedsim submit`` runs ``python -m ray_jobs.train job.yaml --run-dir RUN_DIR``
+in the package it uploads (see :mod:`fedsim.backend.jobs`): ``job.yaml`` is the
+resolved config (absolute paths), ``RUN_DIR`` the absolute run directory that
+``fedsim submit`` printed. This is ``fedsim run`` with those arguments: it
+checks the data on the cluster, joins the cluster the job runs on (Ray Jobs
+sets RAY_ADDRESS), runs one experiment, and exits non-zero on failure.
 """
 
 from __future__ import annotations

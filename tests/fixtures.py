@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedsim.config import Config, load_config
+from fedsim.driver import client_seed
+from fedsim.messages import ClientHParams, ClientTask
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -22,3 +24,14 @@ TINY = [
 def tiny_config(tmp_path: Path, *overrides: str) -> Config:
     """The quickstart shrunk to seconds, writing under ``tmp_path``."""
     return load_config(QUICKSTART, [*TINY, f"log.root={tmp_path}", *overrides])
+
+
+def tiny_task(client: int, server_round: int = 0, **hparams: float) -> ClientTask:
+    """A client's task with the quickstart's training settings (one epoch)."""
+    settings = {"lr": 0.05, "epochs": 1, "batch_size": 16, **hparams}
+    return ClientTask(
+        client_id=client,
+        round=server_round,
+        seed=client_seed(0, server_round, client),
+        hparams=ClientHParams(**settings),  # type: ignore[arg-type]
+    )

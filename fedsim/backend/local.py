@@ -4,25 +4,35 @@ Example
 -------
 >>> from fedsim.config import load_config
 >>> from fedsim.data import PartitionSpec, load_dataset, make_partition
+>>> from fedsim.model import build_backbone
+>>> from fedsim.params import StateLayout
 >>> cfg = load_config(None, ["data.num_clients=3", "server.clients_per_round=1"])
 >>> data = load_dataset("digits", None)
 >>> part = make_partition(data.y_train, PartitionSpec("iid", 3), seed=0)
->>> with LocalBackend(cfg).attach(data, part) as backend:
+>>> layout = StateLayout.of(build_backbone(cfg, 10, (1, 8, 8)))
+>>> with LocalBackend(cfg).attach(data, part, layout) as backend:
 ...     backend.num_workers
 1
 """
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from fedsim.backend.base import Backend, ClientResult, LocalStates
+from fedsim.backend.base import (
+    Backend,
+    ClientResult,
+    EvalOutcome,
+    KeptStates,
+    failure,
+    read_kept,
+)
 from fedsim.client import ClientRunner
 from fedsim.config import Config
 from fedsim.data import FederatedData, Partition
-from fedsim.messages import ClientFailure, ClientTask, EvalResult
+from fedsim.messages import ClientEval, ClientFailure, ClientTask, EvalResult
+from fedsim.params import StateLayout
 
 
 class LocalBackend(Backend):
@@ -33,35 +43,59 @@ class LocalBackend(Backend):
         self.num_workers = 1
         self._runner: ClientRunner | None = None
 
-    def attach(self, data: FederatedData, partition: Partition) -> LocalBackend:
+    def attach(
+        self, data: FederatedData, partition: Partition, layout: StateLayout
+    ) -> LocalBackend:
         """Build the runner in this process."""
-        self._runner = ClientRunner(self.cfg, data, partition)
+        self._runner = ClientRunner(self.cfg, data, partition, layout)
         return self
 
     @property
     def runner(self) -> ClientRunner:
         """The in-process runner (after :meth:`attach`)."""
         if self._runner is None:
-            raise RuntimeError("call attach(data, partition) first")
+            raise RuntimeError("call attach(data, partition, layout) first")
         return self._runner
 
     def train(
         self,
         tasks: Sequence[ClientTask],
-        payload: Mapping[str, Any],
-        local_state: LocalStates,
+        payload: Mapping[str, Mapping[str, Any]],
+        kept: KeptStates,
     ) -> Iterator[ClientResult]:
         """Train each task in turn; an exception becomes a ClientFailure."""
         for task in tasks:
+            state = read_kept(kept, task.client_id)
+            if isinstance(state, ClientFailure):
+                yield state
+                continue
             try:
-                yield self.runner.train(task, payload, local_state(task.client_id))
+                yield self.runner.train(task, payload, state)
             except Exception as exc:  # a failed client is data, not a crash
-                reason = "".join(traceback.format_exception_only(exc)).strip()
-                yield ClientFailure(task.client_id, reason)
+                yield failure(task.client_id, exc)
 
-    def evaluate(self, payload: Mapping[str, Any]) -> EvalResult:
+    def evaluate(self, glob: Mapping[str, Any], batch_size: int) -> EvalResult:
         """Evaluate in this process."""
-        return self.runner.evaluate(payload, self.cfg.server.eval_batch_size)
+        return self.runner.evaluate(glob, batch_size)
+
+    def evaluate_clients(
+        self,
+        clients: Sequence[int],
+        glob: Mapping[str, Any],
+        kept: KeptStates,
+        batch_size: int,
+    ) -> Iterator[EvalOutcome]:
+        """Evaluate each client's own model in turn."""
+        for client_id in clients:
+            state = read_kept(kept, client_id)
+            if isinstance(state, ClientFailure):
+                yield state
+                continue
+            try:
+                result = self.runner.evaluate_client(client_id, glob, state, batch_size)
+                yield ClientEval(client_id=client_id, result=result)
+            except Exception as exc:
+                yield failure(client_id, exc)
 
     def shutdown(self) -> None:
         """Nothing to release."""

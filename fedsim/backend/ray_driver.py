@@ -1,83 +1,106 @@
-"""The driver actor: the round loop runs inside the Ray cluster.
+"""The driver actor: a run's round loop inside the Ray cluster.
 
-``fedsim run`` (or a submitted job) creates one :class:`DriverActor` on its own
+:func:`fedsim.launch.launch` creates one :class:`DriverActor` on the caller's
 node, pinned there so that the run directory lands on the caller's disk. The
-actor builds the :class:`fedsim.experiment.Experiment` (client pool, data in the
-object store, server state) and steps it; the caller only shows progress.
-The actor asks for no CPU, so every core stays with the client actors.
+actor makes the client pool, then the run from the factory it is given (for
+example ``functools.partial(Experiment, cfg, run_dir=..., resume=...)``), and
+steps it; the caller only shows progress. The actor asks for no CPU, so every
+core stays with the client actors.
+
+This module knows nothing of what a run is beyond :class:`fedsim.loop.Run`.
 
 Example
 -------
->>> result = run_on_ray(cfg, run_dir=None, resume=False)  # doctest: +SKIP
+>>> handle = DriverHandle(partial(Experiment, cfg), cfg)  # doctest: +SKIP
+>>> result = drive(handle, cfg)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray
+from ray import cloudpickle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from fedsim.backend.base import Backend
 from fedsim.config import Config, ConfigError
 from fedsim.data import DataError
-from fedsim.loop import RunResult, drive
-from fedsim.messages import RoundMetrics
+from fedsim.loop import Run, RunResult, RunStopped
+from fedsim.tracking import RoundMetrics
+
+RunFactory = Callable[[Backend], Run]
+"""Builds a run around its client pool: ``new_run(pool) -> Run``; picklable."""
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class DriverActor:
-    """Owns an :class:`~fedsim.experiment.Experiment` inside the cluster.
+    """Owns a run (an :class:`~fedsim.experiment.Experiment`) inside the cluster.
 
-    The experiment is built by :meth:`start`, not in ``__init__``, so that a
+    The run is built by :meth:`start`, not in ``__init__``, so that a
     configuration or data error reaches the caller as that error's own type.
     """
 
     def __init__(self) -> None:
-        self._exp: Any = None
+        self._run: Any = None
 
-    def start(self, cfg: Config, run_dir: Path | None, resume: bool) -> int:
-        """Build the experiment; return the next round to run."""
+    def start(self, cfg: Config, new_run: bytes) -> tuple[int, Path]:
+        """Make the pool, then the run; return the next round and the run dir.
+
+        ``new_run`` is the pickled :data:`RunFactory`. It is unpickled only
+        once the client actors are starting, so that they import torch and
+        Lightning while this actor imports the run's modules and loads the data.
+        """
         from fedsim.backend.ray_pool import RayPool  # imports no torch: fast
 
-        # Client actors start importing torch and Lightning now, while this
-        # actor imports them and loads the data.
         pool = RayPool(cfg)
         try:
-            from fedsim.experiment import Experiment
-
-            self._exp = Experiment(cfg, pool, run_dir, resume)
+            factory: RunFactory = cloudpickle.loads(new_run)
+            self._run = factory(pool)
         except BaseException:
             pool.shutdown()
             raise
-        return int(self._exp.next_round())
+        return int(self._run.next_round()), Path(self._run.run_dir)
 
     def step(self) -> RoundMetrics:
         """Run one round."""
-        metrics: RoundMetrics = self._exp.step()
+        metrics: RoundMetrics = self._run.step()
         return metrics
+
+    def checkpoint(self) -> None:
+        """Save the state after the last finished round."""
+        self._run.checkpoint()
 
     def finish(self) -> Any:
         """Write the summary and release the client actors."""
-        return self._exp.finish()
+        return self._run.finish()
 
     def close(self) -> None:
         """Release the client actors and close the files."""
-        if self._exp is not None:
-            self._exp.close()
+        if self._run is not None:
+            self._run.close()
 
 
 class DriverHandle:
-    """The caller's side of a :class:`DriverActor`, shaped like an Experiment."""
+    """The caller's side of a :class:`DriverActor`: a :class:`~fedsim.loop.Run`.
 
-    def __init__(self, cfg: Config, run_dir: Path | None, resume: bool) -> None:
+    Ray must be initialized. ``new_run`` is called in the actor with the
+    actor's :class:`~fedsim.backend.ray_pool.RayPool`.
+    """
+
+    def __init__(self, new_run: RunFactory, cfg: Config) -> None:
         here = ray.get_runtime_context().get_node_id()
         self._actor = DriverActor.options(  # type: ignore[attr-defined]
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
         ).remote()
         try:
-            self._next = int(ray.get(self._actor.start.remote(cfg, run_dir, resume)))
+            started: tuple[int, Path] = ray.get(
+                self._actor.start.remote(cfg, cloudpickle.dumps(new_run))
+            )
+            self._next, self.run_dir = started
         except ray.exceptions.RayTaskError as exc:
             ray.kill(self._actor)
             if isinstance(exc.cause, ConfigError | DataError):
@@ -93,9 +116,24 @@ class DriverHandle:
 
     def step(self) -> RoundMetrics:
         """Run one round in the actor."""
-        metrics: RoundMetrics = ray.get(self._actor.step.remote())
+        try:
+            metrics: RoundMetrics = ray.get(self._actor.step.remote())
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, RunStopped):
+                raise exc.cause from None  # says how to resume; no remote traceback
+            raise
+        except ray.exceptions.RayActorError as exc:
+            # Its node was lost, or its process killed: the checkpoint remains.
+            raise RunStopped(
+                f"the driver actor died in round {self._next} ({type(exc).__name__})",
+                self.run_dir,
+            ) from None
         self._next = metrics.round + 1
         return metrics
+
+    def checkpoint(self) -> None:
+        """Checkpoint in the actor."""
+        ray.get(self._actor.checkpoint.remote())
 
     def finish(self) -> RunResult:
         """Finish the run in the actor and return its result."""
@@ -103,13 +141,8 @@ class DriverHandle:
         return result
 
     def close(self) -> None:
-        """Close the experiment and end the actor (idempotent)."""
+        """Close the run and end the actor (idempotent)."""
         # A RayError here means the actor is gone already, its client actors too.
         with contextlib.suppress(ray.exceptions.RayError):
             ray.get(self._actor.close.remote(), timeout=60)
         ray.kill(self._actor)
-
-
-def run_on_ray(cfg: Config, run_dir: Path | None, resume: bool) -> RunResult:
-    """Run ``cfg`` in a driver actor on this node; show progress here."""
-    return drive(DriverHandle(cfg, run_dir, resume), cfg)

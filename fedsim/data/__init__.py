@@ -18,11 +18,9 @@ from fedsim.data.partition import (
     Partition,
     PartitionScheme,
     PartitionSpec,
-    label_entropy,
-    label_heatmap,
     make_partition,
-    partition_summary,
 )
+from fedsim.data.partition_report import label_entropy, label_heatmap, partition_summary
 
 __all__ = [
     "DATASETS",

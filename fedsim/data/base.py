@@ -153,6 +153,20 @@ class FederatedData:
     users : tuple of np.ndarray or None
         Natural users (FEMNIST writers, Shakespeare roles): int64 index arrays into
         the train split, one per user, in sorted user-id order.
+    test_users : tuple of np.ndarray or None
+        The same users' own test examples (LEAF's per-writer test split): int64
+        index arrays into the test split, aligned with ``users`` (``test_users[i]``
+        belongs to the user whose train examples are ``users[i]``). A user without
+        test examples has an empty array; test examples of users that have no
+        train examples stay in ``x_test`` but belong to no entry. Requires
+        ``users``.
+
+    Raises
+    ------
+    DataError
+        Shapes or labels do not match ``info``, or ``test_users`` is not aligned
+        with ``users`` (different length, indices outside the test split, or a
+        test example shared by two users).
 
     Examples
     --------
@@ -163,6 +177,13 @@ class FederatedData:
     ... except DataError as err:
     ...     print(str(err)[:40])
     toy: x_train has shape (2, 4) but one ex
+    >>> x = np.zeros((2, 3), np.float32)
+    >>> users, test_users = (np.array([0]), np.array([1])), (np.array([1]),)
+    >>> try:  # two train users but one test entry
+    ...     FederatedData(info, x, y, x, y, users, test_users)
+    ... except DataError as err:
+    ...     print(str(err)[:50])
+    toy: test_users has 1 entries but users has 2; tes
     """
 
     info: DatasetInfo
@@ -171,6 +192,7 @@ class FederatedData:
     x_test: np.ndarray
     y_test: np.ndarray
     users: tuple[np.ndarray, ...] | None = None
+    test_users: tuple[np.ndarray, ...] | None = None
 
     def __post_init__(self) -> None:
         name = self.info.name
@@ -195,6 +217,41 @@ class FederatedData:
                     f"num_classes is {self.info.num_classes}; labels must be in "
                     f"[0, {self.info.num_classes})"
                 )
+        if self.test_users is not None:
+            self._check_test_users(self.test_users)
+
+    def _check_test_users(self, test_users: tuple[np.ndarray, ...]) -> None:
+        # A misaligned entry would silently hand a client another writer's test
+        # examples, so every way alignment can break is rejected here.
+        name, n = self.info.name, self.num_test
+        fix = "test_users[i] must index x_test for the user of users[i]"
+        if self.users is None:
+            raise DataError(f"{name}: test_users is set but users is None; {fix}")
+        if len(test_users) != len(self.users):
+            raise DataError(
+                f"{name}: test_users has {len(test_users)} entries but users has "
+                f"{len(self.users)}; {fix}"
+            )
+        for i, idx in enumerate(test_users):
+            idx = np.asarray(idx)
+            if idx.ndim != 1 or not (
+                idx.size == 0 or np.issubdtype(idx.dtype, np.integer)
+            ):
+                raise DataError(
+                    f"{name}: test_users[{i}] has dtype {idx.dtype} and shape "
+                    f"{idx.shape}; {fix} as a 1-D int64 array"
+                )
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise DataError(
+                    f"{name}: test_users[{i}] holds indices in [{idx.min()}, "
+                    f"{idx.max()}] but x_test has {n} examples; {fix}"
+                )
+        every = np.concatenate([np.zeros(0, np.int64), *test_users]).astype(np.int64)
+        if len(np.unique(every)) != len(every):
+            raise DataError(
+                f"{name}: a test example appears in more than one test_users entry; "
+                f"{fix}, and each test example belongs to one user"
+            )
 
     @property
     def num_train(self) -> int:

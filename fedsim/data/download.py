@@ -63,7 +63,8 @@ def download(name: str, root: str | Path) -> Path:
     ------
     DataError
         ``name`` is unknown, or is a LEAF dataset (the message lists the LEAF
-        commands and the folder layout to produce).
+        commands and the folder layout to produce), or the download failed
+        (offline, say).
 
     Examples
     --------
@@ -78,7 +79,14 @@ def download(name: str, root: str | Path) -> Path:
     if name in _LEAF_FLAGS:
         raise DataError(LEAF_HELP.format(name=name, flags=_LEAF_FLAGS[name], root=base))
     base.mkdir(parents=True, exist_ok=True)
-    _fetch(name, base)
+    try:
+        _fetch(name, base)
+    except OSError as exc:  # URLError, timeouts, a full disk: say what to do
+        raise DataError(
+            f"could not download {name} into {base}: {exc}. Run this where the "
+            "machine reaches the internet, or copy the dataset's files there "
+            "(see README, data table)"
+        ) from exc
     check_available(name, base)  # the layout must now be complete
     return base
 

@@ -3,7 +3,10 @@
 Layout: ``root/<femnist|shakespeare>/data/{train,test}/*.json``; each file holds
 ``{"users": [...], "num_samples": [...], "user_data": {user: {"x": [...], "y":
 [...]}}}``. Users are merged over all files and ordered by sorted user id; the
-train examples of one user are contiguous, and ``users[i]`` indexes them.
+examples of one user are contiguous in each split. ``users[i]`` indexes the train
+examples of the i-th user and ``test_users[i]`` the same user's test examples
+(LEAF's ``-t sample`` split keeps both for every writer), so a natural partition
+can give each client its own writer's test set.
 
 Shakespeare characters are mapped to their index in LEAF's ``ALL_LETTERS`` (80
 symbols). Characters outside it become the space character (id 1). LEAF's own
@@ -27,9 +30,15 @@ import numpy as np
 from fedsim.data.base import DataError, DatasetNotFoundError
 
 Requirement = tuple[Path, ...]
-# users: per-user index arrays into the train split
+# x_train, y_train, x_test, y_test, users (index arrays into the train split) and
+# test_users (the same users' index arrays into the test split)
 LeafArrays = tuple[
-    np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, ...]
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    np.ndarray,
+    tuple[np.ndarray, ...],
+    tuple[np.ndarray, ...],
 ]
 
 ALL_LETTERS = (
@@ -98,10 +107,11 @@ def _read_split(folder: Path) -> UserData:
 
 def _to_arrays(
     merged: UserData, name: str, convert: Converter
-) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Concatenate users in sorted id order; map each non-empty user to its rows."""
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
-    users: list[np.ndarray] = []
+    users: dict[str, np.ndarray] = {}
     start = 0
     for user in sorted(merged):
         raw_x, raw_y = merged[user]
@@ -115,11 +125,11 @@ def _to_arrays(
         x, y = convert(raw_x, raw_y, user)
         xs.append(x)
         ys.append(y)
-        users.append(np.arange(start, start + len(y), dtype=np.int64))
+        users[user] = np.arange(start, start + len(y), dtype=np.int64)
         start += len(y)
     if not xs:
         raise DataError(f"{name}: the LEAF files hold no examples; rerun preprocess.sh")
-    return np.concatenate(xs), np.concatenate(ys), tuple(users)
+    return np.concatenate(xs), np.concatenate(ys), users
 
 
 def _femnist_user(
@@ -157,13 +167,40 @@ def _shakespeare_user(
 
 
 def load_leaf(root: Path, name: str) -> LeafArrays:
-    """Load LEAF ``femnist`` or ``shakespeare``: train/test arrays and train users.
+    """Load LEAF ``femnist`` or ``shakespeare`` with per-user train and test indices.
 
-    Test data is every user's test examples (sorted user order); users without
-    train examples are left out of ``users``.
+    Parameters
+    ----------
+    root : Path
+        Folder holding ``<name>/data/{train,test}/*.json``.
+    name : str
+        ``"femnist"`` or ``"shakespeare"``.
+
+    Returns
+    -------
+    x_train, y_train, x_test, y_test : np.ndarray
+        Every user's examples, users in sorted id order. The test split holds
+        every user's test examples, including users without train examples.
+    users : tuple of np.ndarray
+        Int64 indices into the train split, one array per user with train
+        examples (users without train examples cannot be clients).
+    test_users : tuple of np.ndarray
+        Aligned with ``users``: ``test_users[i]`` indexes the test examples of the
+        user of ``users[i]`` (empty if that user has none).
+
+    Raises
+    ------
+    DatasetNotFoundError
+        A split folder holds no json file.
+    DataError
+        A file is malformed or a split holds no examples.
     """
     convert: Converter = _femnist_user if name == "femnist" else _shakespeare_user
     data = root / name / "data"
-    x_train, y_train, users = _to_arrays(_read_split(data / "train"), name, convert)
-    x_test, y_test, _ = _to_arrays(_read_split(data / "test"), name, convert)
-    return x_train, y_train, x_test, y_test, users
+    x_train, y_train, train_of = _to_arrays(_read_split(data / "train"), name, convert)
+    x_test, y_test, test_of = _to_arrays(_read_split(data / "test"), name, convert)
+    no_test = np.zeros(0, dtype=np.int64)
+    # dicts keep _to_arrays' sorted id order, so users stays in sorted id order
+    users = tuple(train_of.values())
+    test_users = tuple(test_of.get(user, no_test) for user in train_of)
+    return x_train, y_train, x_test, y_test, users, test_users

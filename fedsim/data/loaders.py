@@ -164,7 +164,8 @@ def load_dataset(
     -------
     FederatedData
         Raw arrays (uint8 images stay uint8) with their :class:`DatasetInfo`;
-        ``users`` is set for FEMNIST and Shakespeare.
+        ``users`` and ``test_users`` (each writer's own LEAF test examples) are
+        set for FEMNIST and Shakespeare.
 
     Raises
     ------
@@ -195,8 +196,10 @@ def load_dataset(
     check_available(name, root)
     base = Path(root).expanduser()
     if name in ("femnist", "shakespeare"):
-        x_train, y_train, x_test, y_test, users = leaf.load_leaf(base, name)
-        return FederatedData(info, x_train, y_train, x_test, y_test, users)
+        x_train, y_train, x_test, y_test, users, test_users = leaf.load_leaf(base, name)
+        return FederatedData(
+            info, x_train, y_train, x_test, y_test, users=users, test_users=test_users
+        )
     readers = {
         "cifar10": cifar.load_cifar10,
         "cifar100": cifar.load_cifar100,

@@ -1,9 +1,10 @@
 """Split a train set across clients: iid, Dirichlet label skew, shards, natural users.
 
-:func:`make_partition` is a pure function of ``(labels, spec, seed, users)``: each
-scheme draws from its own ``np.random.default_rng([seed, stream])``, so the same
-inputs give identical arrays. Clients are disjoint, never empty, and together hold
-every train example (natural: every example of the chosen users).
+:func:`make_partition` is a pure function of ``(labels, spec, seed, users,
+test_users)``: each scheme draws from its own ``np.random.default_rng([seed,
+stream])``, so the same inputs give identical arrays. Clients are disjoint, never
+empty, and together hold every train example (natural: every example of the chosen
+users).
 
 Schemes
 -------
@@ -24,9 +25,17 @@ natural
     ``num_clients`` of the dataset's users (FEMNIST writers, Shakespeare roles) by a
     seeded draw without replacement, kept in sorted user order.
 
-Personal test sets (``client_test_fraction = f > 0``): each client of ``n >= 2``
-examples moves ``clip(round(f * n), 1, n - 1)`` random examples of its own into
-``test``; a one-example client keeps it for training.
+Personal test sets
+------------------
+``Partition.test_source`` says which split ``Partition.test`` indexes.
+
+* ``"test"``: a natural partition given ``test_users`` (LEAF's per-writer test
+  split) gives each client its own writer's test examples, indices into the test
+  split. ``client_test_fraction`` is ignored: nothing is carved out of training.
+* ``"train"`` (every other case): with ``client_test_fraction = f > 0`` each client
+  of ``n >= 2`` examples moves ``clip(round(f * n), 1, n - 1)`` random examples of
+  its own into ``test``; a one-example client keeps it for training. With ``f = 0``
+  every ``test`` entry is empty.
 
 Example
 -------
@@ -46,21 +55,18 @@ from typing import Literal, get_args
 import numpy as np
 
 from fedsim.data.base import DataError
-from fedsim.data.partition_report import label_entropy, label_heatmap, partition_summary
 
 __all__ = [
     "DIRICHLET_TRIES",
     "Partition",
     "PartitionScheme",
     "PartitionSpec",
-    "label_entropy",
-    "label_heatmap",
     "make_partition",
-    "partition_summary",
 ]
 
 PartitionScheme = Literal["iid", "dirichlet", "shards", "natural"]
 SCHEMES: tuple[str, ...] = get_args(PartitionScheme)
+TestSource = Literal["train", "test"]
 DIRICHLET_TRIES = 10
 MIN_CLIENT_SIZE = 10
 # Independent random streams per use, so adding a draw to one never shifts another.
@@ -108,15 +114,43 @@ class PartitionSpec:
 
 @dataclass(frozen=True, eq=False)
 class Partition:
-    """Per-client sorted int64 indices into the train split.
+    """Per-client sorted int64 train indices and personal test indices.
 
-    ``test`` holds personal test indices carved from each client's own examples
-    (empty arrays when ``client_test_fraction == 0``). ``eq=False``: compare the
-    arrays, not the objects.
+    ``eq=False``: compare the arrays, not the objects.
+
+    Parameters
+    ----------
+    train : tuple of np.ndarray
+        One array per client, indices into the train split.
+    test : tuple of np.ndarray
+        One array per client (possibly empty), indices into the split named by
+        ``test_source``.
+    test_source : {"train", "test"}
+        ``"train"``: ``test`` was carved out of each client's own train examples
+        (``client_test_fraction``); ``"test"``: ``test`` is the client's own user's
+        test examples (natural partition of LEAF data), indices into ``x_test``.
+
+    Examples
+    --------
+    >>> part = Partition((np.array([0, 2]),), (np.array([1]),))
+    >>> part.num_clients, part.test_source
+    (1, 'train')
     """
 
     train: tuple[np.ndarray, ...]
     test: tuple[np.ndarray, ...]
+    test_source: TestSource = "train"
+
+    def __post_init__(self) -> None:
+        if self.test_source not in get_args(TestSource):
+            raise DataError(
+                f"test_source must be 'train' or 'test' (got {self.test_source!r})"
+            )
+        if len(self.test) != len(self.train):
+            raise DataError(
+                f"a partition needs one test array per client: {len(self.train)} "
+                f"train arrays but {len(self.test)} test arrays"
+            )
 
     @property
     def num_clients(self) -> int:
@@ -217,13 +251,9 @@ def _dirichlet(labels: np.ndarray, spec: PartitionSpec, seed: int) -> np.ndarray
 
 
 def _natural(
-    n: int, users: tuple[np.ndarray, ...] | None, k: int, seed: int
-) -> np.ndarray:
-    if users is None:
-        raise DataError(
-            "the natural partition needs a dataset with natural users (femnist, "
-            "shakespeare); use iid, dirichlet or shards for this dataset"
-        )
+    n: int, users: tuple[np.ndarray, ...], k: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example client ids and the chosen users (sorted), client i = chosen[i]."""
     if k > len(users):
         raise DataError(
             f"num_clients={k} but the dataset has only {len(users)} users; set "
@@ -244,7 +274,37 @@ def _natural(
                 f"with another user); pass FederatedData.users from load_dataset"
             )
         client_of[idx] = client
-    return client_of
+    return client_of, chosen
+
+
+def _own_tests(
+    test_users: tuple[np.ndarray, ...], num_users: int, chosen: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """The chosen users' own test indices (into the test split), one per client."""
+    if len(test_users) != num_users:
+        raise DataError(
+            f"test_users has {len(test_users)} entries but users has {num_users}; "
+            f"pass FederatedData.users and FederatedData.test_users together"
+        )
+    tests = []
+    for user in chosen:
+        idx = np.asarray(test_users[user])
+        if idx.size == 0:  # a writer without test examples: nothing to evaluate
+            tests.append(np.zeros(0, dtype=np.int64))
+            continue
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0:
+            raise DataError(
+                f"test_users[{user}] must be a 1-D array of non-negative integer "
+                f"indices into the test split; pass FederatedData.test_users"
+            )
+        tests.append(np.sort(idx.astype(np.int64)))
+    every = np.concatenate([np.zeros(0, np.int64), *tests])
+    if len(np.unique(every)) != len(every):
+        raise DataError(
+            "a test example belongs to two users in test_users; pass "
+            "FederatedData.test_users from load_dataset"
+        )
+    return tuple(tests)
 
 
 def _carve_test(
@@ -274,6 +334,7 @@ def make_partition(
     spec: PartitionSpec,
     seed: int,
     users: tuple[np.ndarray, ...] | None = None,
+    test_users: tuple[np.ndarray, ...] | None = None,
 ) -> Partition:
     """Split train ``labels`` across ``spec.num_clients`` clients.
 
@@ -287,23 +348,41 @@ def make_partition(
         Non-negative seed; same inputs give identical partitions.
     users : tuple of np.ndarray or None
         Natural users (``FederatedData.users``); required by ``"natural"`` only.
+    test_users : tuple of np.ndarray or None
+        The users' own test indices (``FederatedData.test_users``), aligned with
+        ``users``. Used by ``"natural"`` only: each client's ``test`` becomes its
+        user's test examples (``test_source="test"``) and
+        ``spec.client_test_fraction`` is not applied. Ignored by other schemes.
 
     Returns
     -------
     Partition
-        Sorted int64 train (and personal test) indices per client.
+        Sorted int64 train (and personal test) indices per client;
+        ``test_source`` says which split ``test`` indexes.
 
     Raises
     ------
     DataError
         Bad labels or seed, more clients than examples (or users), shards that
-        cannot be formed, natural without users.
+        cannot be formed, natural without users, ``test_users`` not aligned with
+        ``users``.
 
     Examples
     --------
     >>> part = make_partition(np.arange(10) % 2, PartitionSpec("iid", 3), seed=0)
     >>> [len(idx) for idx in part.train]
     [4, 3, 3]
+
+    Natural users with their own test examples: nothing is carved out of training.
+
+    >>> users = (np.array([0, 1]), np.array([2, 3]), np.array([4]))
+    >>> test_users = (np.array([2]), np.array([0, 1]), np.array([], np.int64))
+    >>> spec = PartitionSpec("natural", 3, client_test_fraction=0.5)
+    >>> part = make_partition(np.zeros(5, np.int64), spec, 0, users, test_users)
+    >>> part.test_source, [idx.tolist() for idx in part.test]
+    ('test', [[2], [0, 1], []])
+    >>> [idx.tolist() for idx in part.train]
+    [[0, 1], [2, 3], [4]]
     """
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
@@ -329,6 +408,19 @@ def make_partition(
     elif spec.scheme == "dirichlet":
         client_of = _dirichlet(labels, spec, seed)
     else:
-        client_of = _natural(n, users, k, seed)
+        if users is None:
+            raise DataError(
+                "the natural partition needs a dataset with natural users (femnist, "
+                "shakespeare); use iid, dirichlet or shards for this dataset"
+            )
+        client_of, chosen = _natural(n, users, k, seed)
+        if test_users is not None:
+            # The writers' own test examples are the natural personal test sets;
+            # carving train examples as well would only shrink training.
+            return Partition(
+                train=_group(client_of, k),
+                test=_own_tests(test_users, len(users), chosen),
+                test_source="test",
+            )
     train_of, test_of = _carve_test(client_of, k, spec.client_test_fraction, seed)
     return Partition(train=_group(train_of, k), test=_group(test_of, k))

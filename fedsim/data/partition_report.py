@@ -77,13 +77,19 @@ def partition_summary(
 ) -> dict[str, Any]:
     """Describe a partition as a JSON-ready dict (written as ``partition.json``).
 
+    Only train labels are counted: ``labels`` is the train split's, and personal
+    test indices may point into the test split (``partition.test_source``), so
+    test sets are described by their sizes alone.
+
     Returns
     -------
     dict
-        ``num_clients``, ``num_classes``, ``num_train``, ``num_test``,
-        ``min_train``, ``max_train``, ``mean_label_entropy``, ``label_histogram``
-        (all clients' train labels) and ``clients``: one ``{"client", "num_train",
-        "num_test", "label_histogram", "label_entropy"}`` per client.
+        ``num_clients``, ``num_classes``, ``num_train``, ``num_test`` (personal
+        test examples), ``test_source`` (``"train"``: carved from the clients'
+        train examples; ``"test"``: the users' own test split), ``min_train``,
+        ``max_train``, ``mean_label_entropy``, ``label_histogram`` (all clients'
+        train labels) and ``clients``: one ``{"client", "num_train", "num_test",
+        "label_histogram", "label_entropy"}`` per client.
 
     Examples
     --------
@@ -113,6 +119,7 @@ def partition_summary(
         "num_classes": num_classes,
         "num_train": int(num_train.sum()),
         "num_test": int(sum(num_test)),
+        "test_source": partition.test_source,
         "min_train": int(num_train.min()) if len(hist) else 0,
         "max_train": int(num_train.max()) if len(hist) else 0,
         "mean_label_entropy": float(entropy.mean()) if len(hist) else 0.0,

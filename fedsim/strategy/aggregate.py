@@ -41,18 +41,18 @@ class WeightedMean:
         """Fold one client's tensors into the sum."""
         if weight <= 0:
             raise AggregationError(f"client weight must be > 0, got {weight}")
-        if self.count and set(tensors) != set(self._first):
-            missing = set(self._first) ^ set(tensors)
-            raise AggregationError(
-                f"update tensors differ from earlier ones: {missing}"
-            )
-        for name, t in tensors.items():
-            if not self.count:
-                self._first[name] = t
-                if t.is_floating_point():
-                    self._sum[name] = t.detach().to(torch.float64) * weight
-            elif t.is_floating_point():
-                self._sum[name].add_(t.detach().to(torch.float64), alpha=weight)
+        # Replies were checked against the round's plan before they got here
+        # (fedsim.strategy.replies), so every client sends the same names.
+        if not self.count:
+            self._first = dict(tensors)
+            self._sum = {
+                name: t.detach().to(torch.float64) * weight
+                for name, t in tensors.items()
+                if t.is_floating_point()
+            }
+        else:
+            for name, total in self._sum.items():
+                total.add_(tensors[name].detach().to(torch.float64), alpha=weight)
         self._weight += weight
         self.count += 1
 

@@ -1,26 +1,44 @@
-"""Factor-wise FedAvg (McMahan et al., 2017) on FedPara factors.
+"""Factor-wise FedAvg (McMahan et al., 2017), and the two personalization baselines.
+
+FedAvg averages every travelling tensor (each FedPara factor X1, Y1, X2, Y2,
+T1, T2, each bias and norm parameter) on its own, weighted by the clients'
+training examples. FedPer (Arivazhagan et al., 2019) is FedAvg with the last
+``server.fedper_layers`` layers kept on each client; local-only training keeps
+everything on the client and sends nothing.
 
 Example
 -------
 >>> import torch
 >>> from fedsim.messages import ClientUpdate
->>> ups = [
-...     ClientUpdate(0, {"x1": torch.ones(2)}, 1, 8, 0.0, 0.0),
-...     ClientUpdate(1, {"x1": torch.zeros(2)}, 3, 8, 0.0, 0.0),
-... ]
->>> FedAvg().aggregate_train({"x1": torch.ones(2)}, ups)["x1"].tolist()
+>>> def up(cid, n, x):
+...     return ClientUpdate(client_id=cid, upload={"model": {"x1": x}},
+...                         num_examples=n, train_loss=0.0, train_seconds=0.0)
+>>> ups = [up(0, 1, torch.ones(2)), up(1, 3, torch.zeros(2))]
+>>> new, state = fedavg_aggregate({"x1": torch.ones(2)}, ups)
+>>> new["x1"].tolist()
 [0.25, 0.25]
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 
-from torch import Tensor
+from torch import nn
 
-from fedsim.messages import ClientUpdate
-from fedsim.strategy.aggregate import AggregationError, WeightedMean
-from fedsim.strategy.base import Strategy
+from fedsim.messages import MODEL, ClientUpdate
+from fedsim.params import Tensors, last_layer_names
+from fedsim.strategy.aggregate import WeightedMean
+from fedsim.strategy.base import Strategy, StrategyState, TrainPlan
+
+
+def fedavg_aggregate(
+    global_tensors: Tensors, updates: Iterable[ClientUpdate]
+) -> tuple[Tensors, int]:
+    """Example-weighted mean of the updates' model channel, and their count."""
+    mean = WeightedMean()
+    for update in updates:
+        mean.add(update.upload[MODEL], weight=float(update.num_examples))
+    return mean.result(), mean.count
 
 
 class FedAvg(Strategy):
@@ -30,16 +48,54 @@ class FedAvg(Strategy):
 
     def aggregate_train(
         self,
-        global_tensors: Mapping[str, Tensor],
+        server_round: int,
+        global_tensors: Tensors,
+        state: StrategyState,
         updates: Iterable[ClientUpdate],
-    ) -> dict[str, Tensor]:
+    ) -> tuple[Tensors, StrategyState]:
         """Example-weighted mean of the updates (sorted client order)."""
-        mean = WeightedMean()
-        for update in updates:
-            if set(update.tensors) != set(global_tensors):
-                raise AggregationError(
-                    f"client {update.client_id} sent tensors that do not match the "
-                    "global model"
-                )
-            mean.add(update.tensors, weight=float(update.num_examples))
-        return mean.result()
+        new, _ = fedavg_aggregate(global_tensors, updates)
+        return new, state
+
+
+class FedPer(FedAvg):
+    """FedAvg whose last ``server.fedper_layers`` layers stay on each client."""
+
+    name = "fedper"
+
+    def local_names(self, model: nn.Module) -> frozenset[str]:
+        """The parameters of the model's last layer(s)."""
+        return last_layer_names(model, self.settings.server.fedper_layers)
+
+
+class LocalOnly(Strategy):
+    """Every client trains its own model and sends nothing (no communication)."""
+
+    name = "local"
+
+    def local_names(self, model: nn.Module) -> frozenset[str]:
+        """Everything stays on the client."""
+        return frozenset(model.state_dict())
+
+    def configure_train(
+        self,
+        server_round: int,
+        global_tensors: Tensors,
+        state: StrategyState,
+        cohort: Sequence[int],
+    ) -> TrainPlan:
+        """Nothing travels: an empty model channel (0 bytes each way)."""
+        plan = super().configure_train(server_round, global_tensors, state, cohort)
+        return TrainPlan(payload={}, hparams=plan.hparams, algorithm=plan.algorithm)
+
+    def aggregate_train(
+        self,
+        server_round: int,
+        global_tensors: Tensors,
+        state: StrategyState,
+        updates: Iterable[ClientUpdate],
+    ) -> tuple[Tensors, StrategyState]:
+        """Nothing to average: the clients' models are their kept state."""
+        for _ in updates:  # consume: the driver stores each client's kept state
+            pass
+        return global_tensors, state

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.cli import main
+from fedsim.cli import _parse_args, main
 from tests.fixtures import QUICKSTART, REPO
 
 
@@ -128,3 +128,148 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
     assert summary["final_accuracy"] >= 0.85, summary
     assert summary["rounds"] == 40
     assert any((run_dir / "tb").iterdir())
+
+
+# ------------------------------------------------- argument parsing (no Ray needed)
+
+TINY_LOCAL = [
+    "rounds=1",
+    "data.num_clients=3",
+    "server.clients_per_round=1",
+    "client.epochs=1",
+    "log.progress=false",
+    "log.tensorboard=false",
+]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "CFG", "--backend", "local", "rounds=3", "seed=2"],
+        ["run", "CFG", "rounds=3", "--backend", "local", "seed=2"],
+        ["run", "--backend", "local", "CFG", "rounds=3", "seed=2"],
+        ["run", "CFG", "rounds=3", "seed=2", "--backend", "local"],
+    ],
+)
+def test_overrides_before_or_after_options_parse_alike(argv: list[str]) -> None:
+    args = _parse_args(argv)
+    assert (args.config, args.overrides, args.backend) == (
+        "CFG",
+        ["rounds=3", "seed=2"],  # command-line order: a later override wins
+        "local",
+    )
+
+
+def test_late_overrides_of_params_submit_and_resume() -> None:
+    params = _parse_args(["params", "CFG", "--json", "model.gamma=0.3"])
+    assert (params.overrides, params.json) == (["model.gamma=0.3"], True)
+    submit = _parse_args(["submit", "CFG", "--no-wait", "rounds=3", "--address", "A"])
+    assert (submit.overrides, submit.no_wait, submit.address) == (
+        ["rounds=3"],
+        True,
+        "A",
+    )
+    resume = _parse_args(["run", "--resume", "DIR", "--backend", "local", "rounds=60"])
+    assert resume.resume == Path("DIR")
+    assert [resume.config, *resume.overrides] == ["rounds=60"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "CFG", "rounds=3", "--bogus"],
+        ["run", "CFG", "--backend", "local", "--bogus", "rounds=3"],
+        ["params", "CFG", "--json", "stray"],
+        ["status", "raysubmit_x", "rounds=3"],  # job commands take no overrides
+    ],
+)
+def test_unknown_arguments_are_still_usage_errors(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("fedsim: error: unrecognized arguments:")
+    assert argv[-1] in err or "--bogus" in err
+
+
+def test_help_reads_as_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["-h"])
+    top = capsys.readouterr().out
+    assert "``" not in top and "fedsim" in top
+    assert "stop a submitted job" in top and "stop of" not in top
+    with pytest.raises(SystemExit):
+        main(["run", "-h"])
+    run_help = " ".join(capsys.readouterr().out.split())
+    assert "--backend {ray,local} where clients train" in run_help
+    assert "without Ray" in run_help
+
+
+def test_params_takes_overrides_after_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["params", str(QUICKSTART), "--json", "model.gamma=0.3"]) == 0
+    late = json.loads(capsys.readouterr().out)
+    assert main(["params", str(QUICKSTART), "model.gamma=0.3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == late
+    assert late["gamma"] == 0.3
+    assert main(["params", str(QUICKSTART), "--json"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert default["gamma"] == 0.5 and default["num_params"] != late["num_params"]
+
+
+def test_submit_checks_a_late_override_before_the_cluster(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Port 9 (discard) has no Ray: getting past the check would fail differently.
+    argv = ["submit", str(QUICKSTART), "--no-wait", "model.gama=1"]
+    assert main([*argv, "--address", "http://127.0.0.1:9"]) == 2
+    assert "did you mean model.gamma" in capsys.readouterr().err
+
+
+def test_local_run_then_resume_with_overrides_after_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "runs"
+    argv = ["run", str(QUICKSTART), "--backend", "local", *TINY_LOCAL]
+    assert main([*argv, f"log.root={root}", "name=late"]) == 0
+    (run_dir,) = (root / "late").iterdir()
+    assert f"run directory: {run_dir}" in capsys.readouterr().out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == 1
+
+    assert (
+        main(["run", "--resume", str(run_dir), "--backend", "local", "rounds=2"]) == 0
+    )
+    rows = [
+        json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().split("\n") if x
+    ]
+    assert [row["round"] for row in rows] == [0, 1]
+
+
+def test_run_with_only_overrides_uses_the_defaults(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No config file: `fedsim run key=value ...` starts from the built-in defaults.
+    argv = ["run", "--backend", "local", *TINY_LOCAL, f"log.root={tmp_path}"]
+    assert main([*argv, "name=defaults"]) == 0
+    assert "defaults: 1 round of 1 clients" in capsys.readouterr().out.replace(
+        "\n", " "
+    )
+
+
+def test_a_missing_config_path_with_an_equals_sign_is_a_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "a=b.yaml"
+    assert main(["run", str(missing), "--backend", "local"]) == 2
+    assert f"config file {missing} does not exist" in capsys.readouterr().err
+
+
+def test_params_with_a_model_that_does_not_fit_the_data_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["params", str(QUICKSTART), "model.arch=vgg16"]) == 2
+    assert "model.arch=vgg16 cannot be built for data.name=digits" in (
+        capsys.readouterr().err
+    )

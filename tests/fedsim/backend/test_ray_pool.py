@@ -8,29 +8,33 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedsim.checkpoint import load_checkpoint
 from fedsim.config import load_config
-from fedsim.driver import load_checkpoint
 from fedsim.experiment import load_data, run_experiment
 from fedsim.tracking import read_metrics
 from tests.fixtures import QUICKSTART, tiny_config
 
-pytestmark = pytest.mark.slow
+# The pool-sizing tests below need no Ray and run in the fast tier; every test
+# that starts Ray is marked slow on its own.
 
 
-def test_pool_size_from_resources() -> None:
-    from fedsim.backend.ray_pool import pool_size
+def test_pool_size_from_each_node() -> None:
+    from fedsim.backend.placement import pool_size
+    from fedsim.config import ConfigError
 
     cfg = load_config(QUICKSTART, ["resources.gpus_per_client=0.25"])
-    assert pool_size(cfg, {"CPU": 16, "GPU": 2}) == 8
-    assert pool_size(cfg, {"CPU": 3, "GPU": 2}) == 3
+    assert pool_size(cfg, [{"CPU": 16, "GPU": 2}]) == 8
+    assert pool_size(cfg, [{"CPU": 3, "GPU": 2}]) == 3
     cpu = load_config(QUICKSTART, ["server.clients_per_round=4"])
-    assert pool_size(cpu, {"CPU": 64}) == 4  # never more actors than a cohort
+    assert pool_size(cpu, [{"CPU": 64}]) == 4  # never more actors than a cohort
     fixed = load_config(QUICKSTART, ["resources.num_actors=5"])
-    assert pool_size(fixed, {"CPU": 1}) == 5
+    assert pool_size(fixed, [{"CPU": 3}, {"CPU": 2}]) == 5
+    with pytest.raises(ConfigError, match=r"holds 1 client actors"):
+        pool_size(fixed, [{"CPU": 1}])
 
 
 def test_gpu_slice_without_gpus_falls_back_to_cpu() -> None:
-    from fedsim.backend.ray_pool import fit_slice
+    from fedsim.backend.placement import fit_slice
 
     cfg = load_config(QUICKSTART, ["resources.gpus_per_client=0.25"])
     assert fit_slice(cfg, [{"CPU": 2.0}]).resources.gpus_per_client == 0.0
@@ -39,7 +43,7 @@ def test_gpu_slice_without_gpus_falls_back_to_cpu() -> None:
 
 
 def test_slice_no_node_can_hold_is_a_config_error() -> None:
-    from fedsim.backend.ray_pool import fit_slice
+    from fedsim.backend.placement import fit_slice
     from fedsim.config import ConfigError
 
     cfg = load_config(QUICKSTART, ["resources.cpus_per_client=4"])
@@ -50,10 +54,11 @@ def test_slice_no_node_can_hold_is_a_config_error() -> None:
         fit_slice(gpu, [{"CPU": 8.0, "GPU": 1.0}])
 
 
+@pytest.mark.slow
 def test_same_seed_same_results_with_1_and_2_actors(
     tmp_path: Path, ray_session: object
 ) -> None:
-    runs = []
+    runs, configs = [], []
     for actors in (1, 2):
         cfg = tiny_config(
             tmp_path / str(actors),
@@ -61,25 +66,33 @@ def test_same_seed_same_results_with_1_and_2_actors(
             f"resources.num_actors={actors}",
             "server.clients_per_round=4",
         )
+        configs.append(cfg)
         runs.append(run_experiment(cfg, backend="ray"))
-    local = run_experiment(
-        tiny_config(tmp_path / "local", "rounds=3", "server.clients_per_round=4"),
-        backend="local",
+    configs.append(
+        tiny_config(tmp_path / "local", "rounds=3", "server.clients_per_round=4")
     )
+    local = run_experiment(configs[-1], backend="local")
     acc = [[r["accuracy"] for r in read_metrics(run.run_dir)] for run in (*runs, local)]
     assert acc[0] == acc[1] == acc[2]
-    states = [load_checkpoint(run.run_dir).global_tensors for run in (*runs, local)]
+    states = [
+        load_checkpoint(run.run_dir, cfg.to_dict()).global_tensors
+        for run, cfg in zip((*runs, local), configs, strict=True)
+    ]
     for name, tensor in states[0].items():
         torch.testing.assert_close(tensor, states[1][name], rtol=0, atol=0)
         torch.testing.assert_close(tensor, states[2][name], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_fractional_gpu_actors_placed_four_per_gpu(tmp_path: Path) -> None:
     import ray
 
     from fedsim.backend.ray_pool import RayPool, start_ray
-    from fedsim.driver import Driver, ServerState
+    from fedsim.checkpoint import ServerState
+    from fedsim.driver import Cohort, Driver
+    from fedsim.experiment import strategy_settings
     from fedsim.params import StateLayout, initial_state
+    from fedsim.state import ClientStateStore
     from fedsim.strategy import FedAvg
     from fedsim.tracking import Tracker
 
@@ -95,7 +108,11 @@ def test_fractional_gpu_actors_placed_four_per_gpu(tmp_path: Path) -> None:
             "resources.cpus_per_client=1",
         )
         data, part = load_data(cfg)
-        with RayPool(cfg).attach(data, part) as pool:
+        from fedsim.client import build_classifier
+
+        model = build_classifier(cfg, 10, (1, 8, 8)).model
+        layout = StateLayout.of(model)
+        with RayPool(cfg).attach(data, part, layout) as pool:
             placements = pool.placements()
             assert len(placements) == 8
             per_gpu = Counter(tuple(p["gpu_ids"]) for p in placements)
@@ -105,14 +122,17 @@ def test_fractional_gpu_actors_placed_four_per_gpu(tmp_path: Path) -> None:
                 expected = "cuda:0" if torch.cuda.is_available() else "cpu"
                 assert p["device"] == expected
             assert len({p["pid"] for p in placements}) == 8
-            from fedsim.client import build_classifier
-
-            model = build_classifier(cfg, 10, (1, 8, 8)).model
-            layout = StateLayout.of(model)
             tracker = Tracker(tmp_path / "run", cfg)
-            driver = Driver(cfg, pool, FedAvg(), layout, tracker)
+            driver = Driver(
+                cohort=Cohort(seed=0, num_clients=8, size=8),
+                backend=pool,
+                strategy=FedAvg(strategy_settings(cfg)),
+                tracker=tracker,
+                store=ClientStateStore(tmp_path / "run" / "client_state"),
+                eval_batch_size=64,
+            )
             state, metrics = driver.run_round(
-                ServerState(0, initial_state(model, layout))
+                ServerState(round=0, global_tensors=initial_state(model, layout))
             )
             tracker.close()
             assert metrics.num_failed == 0 and metrics.num_clients == 8
@@ -121,6 +141,7 @@ def test_fractional_gpu_actors_placed_four_per_gpu(tmp_path: Path) -> None:
         ray.shutdown()
 
 
+@pytest.mark.slow
 def test_dead_actor_is_replaced_and_client_retried(
     tmp_path: Path, ray_session: object
 ) -> None:
@@ -128,25 +149,27 @@ def test_dead_actor_is_replaced_and_client_retried(
 
     from fedsim.backend.ray_pool import RayPool
     from fedsim.client import build_classifier
-    from fedsim.driver import client_seed
-    from fedsim.messages import ClientTask, ClientUpdate
+    from fedsim.messages import MODEL, ClientUpdate
     from fedsim.params import StateLayout, initial_state
+    from tests.fixtures import tiny_task
 
     cfg = tiny_config(
         tmp_path, "resources.num_actors=1", "resources.max_client_retries=1"
     )
     data, part = load_data(cfg)
     model = build_classifier(cfg, 10, (1, 8, 8)).model
-    payload = initial_state(model, StateLayout.of(model))
-    with RayPool(cfg).attach(data, part) as pool:
+    layout = StateLayout.of(model)
+    payload = {MODEL: initial_state(model, layout)}
+    with RayPool(cfg).attach(data, part, layout) as pool:
         victim = pool.actors[0]
         ray.kill(victim, no_restart=True)
-        tasks = [ClientTask(c, 0, client_seed(0, 0, c), 0.05, 1, 16) for c in (0, 1)]
-        results = list(pool.train(tasks, payload, lambda _: None))
+        tasks = [tiny_task(c) for c in (0, 1)]
+        results = list(pool.train(tasks, payload, lambda _: {}))
         assert [type(r) for r in results] == [ClientUpdate, ClientUpdate]
         assert pool.actors[0] is not victim
 
 
+@pytest.mark.slow
 def test_driver_actor_reports_config_errors_as_themselves(
     tmp_path: Path, ray_session: object
 ) -> None:

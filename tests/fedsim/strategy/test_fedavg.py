@@ -1,26 +1,24 @@
 import pytest
 import torch
 
-from fedsim.messages import ClientUpdate
-from fedsim.strategy import AggregationError, FedAvg, WeightedMean
-
-
-def update(cid: int, n: int, **tensors: torch.Tensor) -> ClientUpdate:
-    return ClientUpdate(cid, tensors, n, 0, 0.0, 0.0)
+from fedsim.strategy import AggregationError, FedAvg, WeightedMean, reply_problem
+from tests.fedsim.strategy.helpers import settings, update
 
 
 def test_factor_wise_weighted_mean_hand_computed() -> None:
     # Prepare: 3 clients, two factors each, weights 1, 2, 1.
     ups = [
-        update(0, 1, x1=torch.tensor([1.0, 2.0]), y1=torch.tensor([[0.0]])),
-        update(1, 2, x1=torch.tensor([4.0, 0.0]), y1=torch.tensor([[2.0]])),
-        update(2, 1, x1=torch.tensor([-1.0, 6.0]), y1=torch.tensor([[4.0]])),
+        update(0, 1, {"x1": torch.tensor([1.0, 2.0]), "y1": torch.tensor([[0.0]])}),
+        update(1, 2, {"x1": torch.tensor([4.0, 0.0]), "y1": torch.tensor([[2.0]])}),
+        update(2, 1, {"x1": torch.tensor([-1.0, 6.0]), "y1": torch.tensor([[4.0]])}),
     ]
+    glob = {"x1": torch.zeros(2), "y1": torch.zeros(1, 1)}
     # Execute
-    out = FedAvg().aggregate_train({"x1": torch.zeros(2), "y1": torch.zeros(1, 1)}, ups)
+    out, state = FedAvg(settings()).aggregate_train(0, glob, {}, ups)
     # Assert: (1*1 + 2*4 - 1) / 4 = 2.0, (2 + 0 + 6) / 4 = 2.0, (0 + 4 + 4) / 4 = 2.0
     torch.testing.assert_close(out["x1"], torch.tensor([2.0, 2.0]))
     torch.testing.assert_close(out["y1"], torch.tensor([[2.0]]))
+    assert state == {}
 
 
 def test_dtype_kept_and_int_tensors_take_first_value() -> None:
@@ -33,21 +31,20 @@ def test_dtype_kept_and_int_tensors_take_first_value() -> None:
     assert int(out["n"]) == 3
 
 
-def test_mismatched_tensors_rejected() -> None:
-    with pytest.raises(AggregationError, match="client 1"):
-        FedAvg().aggregate_train(
-            {"x1": torch.zeros(1)},
-            [update(0, 1, x1=torch.zeros(1)), update(1, 1, x2=torch.zeros(1))],
-        )
+def test_mismatched_tensors_rejected_before_aggregation() -> None:
+    # The driver checks every reply against the plan before aggregating it.
+    plan = FedAvg(settings()).configure_train(0, {"x1": torch.zeros(1)}, {}, [0])
+    bad = update(1, 1, {"x2": torch.zeros(1)})
+    assert reply_problem(bad, plan.payload) == (
+        "channel 'model': missing ['x1'], unexpected ['x2']"
+    )
 
 
 def test_no_update_is_an_error() -> None:
     with pytest.raises(AggregationError, match="no client update"):
-        FedAvg().aggregate_train({"x1": torch.zeros(1)}, [])
+        FedAvg(settings()).aggregate_train(0, {"x1": torch.zeros(1)}, {}, [])
 
 
 def test_lr_schedule() -> None:
-    from fedsim.config import load_config
-
-    cfg = load_config(None, ["client.lr=0.1", "client.lr_decay=0.5"])
-    assert FedAvg().client_lr(2, cfg.client) == pytest.approx(0.025)
+    strategy = FedAvg(settings("client.lr=0.1", "client.lr_decay=0.5"))
+    assert strategy.client_hparams(2).lr == pytest.approx(0.025)

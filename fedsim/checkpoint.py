@@ -1,0 +1,182 @@
+"""Server state and its checkpoint: plain tensors and numbers, loaded safely.
+
+:class:`ServerState` is everything needed to continue a run: round, global
+tensors, the strategy's state, the ledger and the best accuracies. It is a
+frozen value, replaced every round. The checkpoint stores it as nested dicts
+of tensors, numbers and strings only, written atomically and read with
+``torch.load(weights_only=True)``, so loading a tampered file runs no code. It
+carries a format version and the config it was made with, so a resume with a
+different model, data, strategy or seed is refused with the keys that differ.
+
+Example
+-------
+>>> import tempfile, torch
+>>> from pathlib import Path
+>>> run = Path(tempfile.mkdtemp())
+>>> state = ServerState(round=3, global_tensors={"w": torch.ones(2)})
+>>> _ = save_checkpoint(run, state, {"seed": 0})
+>>> load_checkpoint(run, {"seed": 0}).round
+3
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedsim.comm import Ledger, RoundTotals
+from fedsim.config import ConfigError
+from fedsim.params import Tensors
+from fedsim.strategy import EvalMetrics, StrategyState
+
+FORMAT = 2
+# Keys a resume may change: how long, where and how it runs, what it logs.
+RESUMABLE = ("rounds", "log", "resources", "name")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerState:
+    """Everything needed to continue a run: replaced, never edited, each round."""
+
+    round: int
+    global_tensors: Tensors
+    strategy_state: StrategyState = field(default_factory=dict)
+    ledger: Ledger = field(default_factory=Ledger)
+    best_accuracy: float | None = None
+    best_personal_accuracy: float | None = None
+    last_eval: EvalMetrics | None = None
+    wall_seconds: float = 0.0  # of the whole run up to its last checkpoint
+
+    def advance(
+        self,
+        *,
+        global_tensors: Tensors,
+        strategy_state: StrategyState,
+        ledger: Ledger,
+        evaluation: EvalMetrics | None,
+    ) -> ServerState:
+        """The state after this round."""
+        nxt = replace(
+            self,
+            round=self.round + 1,
+            global_tensors=global_tensors,
+            strategy_state=strategy_state,
+            ledger=ledger,
+        )
+        if evaluation is None:
+            return nxt
+        return replace(
+            nxt,
+            last_eval=evaluation,
+            best_accuracy=_best(self.best_accuracy, evaluation.accuracy),
+            best_personal_accuracy=_best(
+                self.best_personal_accuracy, evaluation.personal_accuracy
+            ),
+        )
+
+
+def _best(old: float | None, new: float | None) -> float | None:
+    if new is None:
+        return old
+    return new if old is None else max(old, new)
+
+
+def _fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in RESUMABLE}
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def save_checkpoint(
+    run_dir: Path, state: ServerState, config: Mapping[str, Any]
+) -> Path:
+    """Write ``checkpoints/last.pt`` atomically and return its path."""
+    path = run_dir / "checkpoints" / "last.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ledger = state.ledger
+    blob = {
+        "format": FORMAT,
+        "config": json.dumps(_fingerprint(config), sort_keys=True),
+        "round": state.round,
+        "global": dict(state.global_tensors),
+        "strategy": {ns: dict(t) for ns, t in state.strategy_state.items()},
+        "ledger": {
+            "total_down": ledger.total_down,
+            "total_up": ledger.total_up,
+            "rounds": [[t.round, t.bytes_down, t.bytes_up] for t in ledger.rounds],
+        },
+        "best_accuracy": state.best_accuracy,
+        "best_personal_accuracy": state.best_personal_accuracy,
+        "last_eval": None if state.last_eval is None else vars(state.last_eval),
+        "wall_seconds": state.wall_seconds,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(run_dir: Path, config: Mapping[str, Any]) -> ServerState:
+    """Read the state saved by :func:`save_checkpoint` for a run of ``config``.
+
+    Raises
+    ------
+    ConfigError
+        No checkpoint, an unreadable or foreign one, or one made with a config
+        that differs in more than the resumable keys (rounds, log, resources).
+    """
+    path = run_dir / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise ConfigError(
+            f"{run_dir} has no checkpoint ({path} is missing); a run saves one "
+            "every log.checkpoint_every rounds (0 disables checkpoints)"
+        )
+    try:
+        blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses anything but plain data
+        raise ConfigError(f"{path} is not a fedsim checkpoint: {exc}") from exc
+    found = blob.get("format") if isinstance(blob, dict) else None
+    if found != FORMAT:
+        raise ConfigError(
+            f"{path} has checkpoint format {found}; this fedsim reads format "
+            f"{FORMAT} (resume it with the fedsim version that wrote it)"
+        )
+    saved = _flatten(json.loads(blob["config"]))
+    now = _flatten(_fingerprint(config))
+    differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if differ:
+        shown = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in differ)
+        raise ConfigError(
+            f"cannot resume {run_dir}: the config differs from the checkpoint's in "
+            f"{shown}; only rounds, log.* and resources.* may change"
+        )
+    led = blob["ledger"]
+    return ServerState(
+        round=int(blob["round"]),
+        global_tensors=dict(blob["global"]),
+        strategy_state={ns: dict(t) for ns, t in blob["strategy"].items()},
+        ledger=Ledger(
+            total_down=led["total_down"],
+            total_up=led["total_up"],
+            rounds=tuple(RoundTotals(*row) for row in led["rounds"]),
+        ),
+        best_accuracy=blob["best_accuracy"],
+        best_personal_accuracy=blob["best_personal_accuracy"],
+        last_eval=None
+        if blob["last_eval"] is None
+        else EvalMetrics(**blob["last_eval"]),
+        wall_seconds=float(blob["wall_seconds"]),
+    )

@@ -1,0 +1,162 @@
+"""The tables of ``fedsim report``: one :class:`ReportRow` per run, as markdown or CSV.
+
+Markdown rounds for reading (accuracies to 4 decimals, GB to 4 significant
+digits, "not reached" for a target never met); CSV keeps full precision and
+leaves missing values empty.
+
+Example
+-------
+>>> row = ReportRow("fed", "mlp", "fedpara", 0.1, "fedavg", 100, 800.0, 2,
+...                 0.75, 0.8, None, None, 0.8, 1.6e-06, 0.25, 3.0, False)
+>>> row.md_cells(link=False)[-3:]
+['1.6e-06', '0.250', '3.0']
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fedsim.report import Link
+
+MD_HEADERS = (
+    "run", "arch", "param", "γ", "strategy", "params travelling", "bytes/round",
+    "rounds", "final acc", "best acc", "final personal", "best personal",
+    "GB to {t}", "GB ÷ original", "wall s",
+)  # fmt: skip
+CSV_HEADERS = (
+    "name", "arch", "param", "gamma", "strategy", "params_travelling",
+    "bytes_per_round", "rounds", "final_accuracy", "best_accuracy",
+    "final_personal_accuracy", "best_personal_accuracy", "target", "gb_to_target",
+    "gb_ratio_to_original", "wall_seconds", "wall_seconds_from_rounds",
+)  # fmt: skip
+LINK_MD_HEADERS = ("link s/round", "link s to {t}")
+LINK_CSV_HEADERS = ("link_seconds_per_round", "link_seconds_to_target")
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One row of ``report.md`` / ``report.csv``; None prints as an empty cell."""
+
+    name: str
+    arch: str
+    param: str
+    gamma: float | None
+    strategy: str
+    params_travelling: int | None
+    bytes_per_round: float
+    rounds: int
+    final_accuracy: float | None
+    best_accuracy: float | None
+    final_personal_accuracy: float | None
+    best_personal_accuracy: float | None
+    target: float
+    gb_to_target: float | None
+    gb_ratio_to_original: float | None
+    wall_seconds: float
+    wall_seconds_from_rounds: bool
+    link_seconds_per_round: float | None = None
+    link_seconds_to_target: float | None = None
+
+    def md_cells(self, link: bool) -> list[str]:
+        """Markdown cells, in the order of :data:`MD_HEADERS`."""
+        cells = [
+            self.name.replace("|", r"\|"), self.arch, self.param,
+            _fmt(self.gamma, "g"), self.strategy, _fmt(self.params_travelling, ","),
+            _fmt(self.bytes_per_round, ",.0f"), str(self.rounds),
+            _fmt(self.final_accuracy, ".4f"), _fmt(self.best_accuracy, ".4f"),
+            _fmt(self.final_personal_accuracy, ".4f"),
+            _fmt(self.best_personal_accuracy, ".4f"),
+            _fmt(self.gb_to_target, ".4g") or "not reached",
+            _fmt(self.gb_ratio_to_original, ".3f"),
+            f"{self.wall_seconds:.1f}" + "*" * self.wall_seconds_from_rounds,
+        ]  # fmt: skip
+        if link:
+            cells.append(_fmt(self.link_seconds_per_round, ".4g"))
+            cells.append(_fmt(self.link_seconds_to_target, ".4g") or "not reached")
+        return cells
+
+    def csv_cells(self, link: bool) -> list[str]:
+        """CSV cells at full precision, in the order of :data:`CSV_HEADERS`."""
+        cells = [
+            self.name, self.arch, self.param, _fmt(self.gamma), self.strategy,
+            _fmt(self.params_travelling), _fmt(self.bytes_per_round), str(self.rounds),
+            _fmt(self.final_accuracy), _fmt(self.best_accuracy),
+            _fmt(self.final_personal_accuracy), _fmt(self.best_personal_accuracy),
+            _fmt(self.target), _fmt(self.gb_to_target),
+            _fmt(self.gb_ratio_to_original), _fmt(self.wall_seconds),
+            str(self.wall_seconds_from_rounds).lower(),
+        ]  # fmt: skip
+        if link:
+            cells.append(_fmt(self.link_seconds_per_round))
+            cells.append(_fmt(self.link_seconds_to_target))
+        return cells
+
+
+def _fmt(value: float | None, spec: str = "") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def format_markdown(
+    rows: Sequence[ReportRow],
+    target: float,
+    link: Link | None = None,
+    metric: str = "auto",
+) -> str:
+    """The markdown table, with footnotes on estimated wall time and the link.
+
+    Examples
+    --------
+    >>> from fedsim.report import RoundPoint, Run, build_rows
+    >>> run = Run("a", (RoundPoint(0, 0.5, bytes_up=7, round_seconds=2.0),))
+    >>> print(format_markdown(build_rows([run], 0.9), 0.9).splitlines()[2])
+    | a |  |  |  |  |  | 7 | 1 | 0.5000 | 0.5000 |  |  | not reached |  | 2.0* |
+    """
+    t = f"{target:g}"
+    headers = [h.format(t=t) for h in MD_HEADERS + (LINK_MD_HEADERS if link else ())]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r.md_cells(link is not None)) + " |" for r in rows]
+    if metric == "personal":
+        lines += ["", "GB to target: on the clients' own models' (personal) accuracy."]
+    elif any(r.final_accuracy is None and r.final_personal_accuracy for r in rows):
+        lines += [
+            "",
+            "Runs without a global model (FedPer, local-only) reach the target on "
+            "their personal accuracy.",
+        ]
+    if any(r.wall_seconds_from_rounds for r in rows):
+        lines += [
+            "",
+            r"\* no summary.json (unfinished run): wall s is the sum of round_seconds.",
+        ]
+    if link:
+        lines += [
+            "",
+            f"Simulated link: {link.uplink_mbps:g} Mbit/s up, "
+            f"{link.downlink_mbps:g} Mbit/s down, seconds of one client per round "
+            "(bytes_down / clients sampled + bytes_up / clients that reported; "
+            "directions add up, stragglers not modelled); time to target sums "
+            "the rounds up to the first that reaches it.",
+        ]
+    return "\n".join(lines)
+
+
+def format_csv(rows: Sequence[ReportRow], link: Link | None = None) -> str:
+    """The CSV table: full precision, empty cells for missing values.
+
+    Examples
+    --------
+    >>> from fedsim.report import RoundPoint, Run, build_rows
+    >>> run = Run("a", (RoundPoint(0, 0.5, bytes_up=7, round_seconds=2.0),))
+    >>> print(format_csv(build_rows([run], 0.9)).splitlines()[1])
+    a,,,,,,7.0,1,0.5,0.5,,,0.9,,,2.0,true
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_HEADERS + (LINK_CSV_HEADERS if link else ()))
+    writer.writerows(r.csv_cells(link is not None) for r in rows)
+    return buf.getvalue()

@@ -1,0 +1,148 @@
+import torch
+
+from fedsim.strategy import FedDyn, FedDynClient, build_strategy, reply_problem
+from tests.fedsim.strategy.helpers import run_quadratic_client, settings, update
+
+F64 = torch.float64
+
+
+def feddyn_settings(alpha: float, num_clients: int = 3):
+    return settings(
+        "server.strategy=feddyn",
+        f"server.feddyn_alpha={alpha}",
+        f"data.num_clients={num_clients}",
+        f"server.clients_per_round={min(num_clients, 2)}",
+    )
+
+
+def test_server_half_hand_computed() -> None:
+    # Prepare: N = 4, alpha = 0.5, theta = 1, h = 0.2; 2 replies (weights ignored).
+    strategy = build_strategy(feddyn_settings(0.5, num_clients=4))
+    glob = {"w": torch.tensor([1.0])}
+    state = {"h": {"w": torch.tensor([0.2])}}
+    ups = [
+        update(0, 1, {"w": torch.tensor([2.0])}),
+        update(1, 3, {"w": torch.tensor([4.0])}),
+    ]
+    # Execute
+    new, new_state = strategy.aggregate_train(0, glob, state, ups)
+    # Assert: h = 0.2 - 0.5/4 * ((2 - 1) + (4 - 1)) = -0.3;
+    #         theta = (2 + 4)/2 - (-0.3)/0.5 = 3.6 (uniform mean, not (2 + 12)/4)
+    assert isinstance(strategy, FedDyn)
+    torch.testing.assert_close(new_state["h"]["w"], torch.tensor([-0.3]))
+    torch.testing.assert_close(new["w"], torch.tensor([3.6]))
+    assert torch.equal(state["h"]["w"], torch.tensor([0.2]))  # old state untouched
+
+
+def test_init_and_plan() -> None:
+    strategy = FedDyn(feddyn_settings(0.1))
+    glob = {"w": torch.ones(2), "n": torch.tensor(3)}
+    state = strategy.init(glob)
+    plan = strategy.configure_train(0, glob, state, [0])
+    assert set(state) == {"h"} and set(state["h"]) == {"w"}
+    assert torch.equal(state["h"]["w"], torch.zeros(2))
+    assert set(plan.payload) == {"model"}
+    assert isinstance(plan.algorithm, FedDynClient) and plan.algorithm.alpha == 0.1
+
+
+def test_client_terms_and_gradient_on_a_scalar() -> None:
+    # Prepare: theta_g = 1, kept g_i = 2, alpha = 0.5; training moved theta to 3.
+    w = torch.nn.Parameter(torch.tensor(1.0))
+    algo = FedDynClient(alpha=0.5)
+    algo.begin(
+        {"w": w},
+        {"model": {"w": torch.tensor(1.0)}},
+        {"feddyn": {"w": torch.tensor(2.0)}},
+    )
+    with torch.no_grad():
+        w.fill_(3.0)
+    # Execute
+    loss = algo.loss({"w": w}, w.square())
+    loss.backward()
+    _, keep = algo.end({"w": w}, steps=1, lr=0.1)
+    # Assert: 9 - 2*3 + 0.5/2 * (3 - 1)^2 = 4; d/dw = 6 - 2 + 0.5*2 = 5;
+    #         g_i = 2 - 0.5 * (3 - 1) = 1
+    assert loss.item() == 4.0
+    assert w.grad is not None and w.grad.item() == 5.0
+    assert keep["feddyn"]["w"].item() == 1.0
+
+
+def textbook(a, b, num_clients, alpha, theta, cohorts, steps, lr):
+    """FedDyn in plain floats: (theta, h, g_i) after each round."""
+    h, g, history = 0.0, {}, []
+    for cohort in cohorts:
+        thetas = {}
+        for i in cohort:
+            gi, w = g.get(i, 0.0), theta
+            for _ in range(steps):
+                w -= lr * (a[i] * (w - b[i]) - gi + alpha * (w - theta))
+            g[i], thetas[i] = gi - alpha * (w - theta), w
+        h -= alpha / num_clients * sum(t - theta for t in thetas.values())
+        theta = sum(thetas.values()) / len(cohort) - h / alpha
+        history.append((theta, h, dict(g)))
+    return history
+
+
+def run_rounds(strategy, glob, state, kept, cohorts, a, b, n, steps, lr):
+    for rnd, cohort in enumerate(cohorts):
+        plan = strategy.configure_train(rnd, glob, state, cohort)
+        ups = []
+        for i in cohort:
+            up = run_quadratic_client(
+                plan.algorithm,
+                plan.payload,
+                kept.get(i, {}),
+                a=a[i],
+                b=b[i],
+                steps=steps,
+                lr=lr,
+                cid=i,
+                n=n[i],
+            )
+            assert reply_problem(up, plan.payload) is None
+            kept[i] = dict(up.keep)
+            ups.append(up)
+        glob, state = strategy.aggregate_train(rnd, glob, state, ups)
+        yield glob, state
+
+
+def test_two_rounds_on_quadratics_follow_the_textbook_recursion() -> None:
+    # Prepare: f_i(w) = a_i/2 (w - b_i)^2, 3 clients; client 2 first joins in round 1.
+    a, b, n = [1.0, 2.0, 4.0], [1.0, -1.0, 3.0], [2, 1, 1]
+    cohorts, steps, lr, alpha = [[0, 1], [1, 2]], 3, 0.1, 0.5
+    expected = textbook(a, b, 3, alpha, 0.5, cohorts, steps, lr)
+    strategy = build_strategy(feddyn_settings(alpha))
+    glob = {"w": torch.tensor(0.5, dtype=F64)}
+    kept: dict[int, dict] = {}
+    # Execute
+    rounds = run_rounds(
+        strategy, glob, strategy.init(glob), kept, cohorts, a, b, n, steps, lr
+    )
+    for (glob, state), (theta, h, g) in zip(rounds, expected, strict=True):
+        # Assert: theta, h and every sampled client's g_i match the recursion,
+        # and h is the mean of all N clients' g_i (0 for clients not yet seen).
+        assert abs(glob["w"].item() - theta) < 1e-12
+        assert abs(state["h"]["w"].item() - h) < 1e-12
+        for i, value in g.items():
+            assert abs(kept[i]["feddyn"]["w"].item() - value) < 1e-12
+        assert abs(h - sum(g.values()) / 3) < 1e-12
+
+
+def test_fixed_point_is_the_global_optimum_despite_local_steps() -> None:
+    # Prepare: full participation, 5 local steps on heterogeneous quadratics.
+    a, b, n = [1.0, 2.0, 4.0], [1.0, -1.0, 3.0], [1, 1, 1]
+    optimum = sum(ai * bi for ai, bi in zip(a, b, strict=True)) / sum(a)  # 11/7
+    strategy = FedDyn(feddyn_settings(1.0))
+    glob = {"w": torch.tensor(0.5, dtype=F64)}
+    kept: dict[int, dict] = {}
+    # Execute: 100 rounds
+    rounds = run_rounds(
+        strategy, glob, strategy.init(glob), kept, [[0, 1, 2]] * 100, a, b, n, 5, 0.1
+    )
+    *_, (glob, state) = rounds
+    # Assert: sum_i grad f_i(theta) = 0, h = 0 and each g_i = grad f_i(theta).
+    theta = glob["w"].item()
+    assert abs(theta - optimum) < 1e-8
+    assert abs(state["h"]["w"].item()) < 1e-8
+    for i in range(3):
+        assert abs(kept[i]["feddyn"]["w"].item() - a[i] * (theta - b[i])) < 1e-7

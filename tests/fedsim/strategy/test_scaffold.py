@@ -1,0 +1,134 @@
+import torch
+
+from fedsim.strategy import Scaffold, ScaffoldClient, build_strategy, reply_problem
+from tests.fedsim.strategy.helpers import run_quadratic_client, settings, update
+
+F64 = torch.float64
+
+
+def test_server_half_hand_computed() -> None:
+    # Prepare: N = 4 clients, 2 reply with weights 1 and 3, c = 0.3.
+    strategy = build_strategy(
+        settings(
+            "server.strategy=scaffold",
+            "data.num_clients=4",
+            "server.clients_per_round=2",
+        )
+    )
+    glob = {"w": torch.tensor([0.0])}
+    state = {"c": {"w": torch.tensor([0.3])}}
+    ups = [
+        update(0, 1, {"w": torch.tensor([1.0])}, control={"w": torch.tensor([0.2])}),
+        update(1, 3, {"w": torch.tensor([4.0])}, control={"w": torch.tensor([-0.6])}),
+    ]
+    # Execute
+    new, new_state = strategy.aggregate_train(0, glob, state, ups)
+    # Assert: x = (1*1 + 3*4) / 4 = 3.25; c = 0.3 + 2/4 * (0.2 - 0.6)/2 = 0.2
+    assert isinstance(strategy, Scaffold)
+    torch.testing.assert_close(new["w"], torch.tensor([3.25]))
+    torch.testing.assert_close(new_state["c"]["w"], torch.tensor([0.2]))
+    assert torch.equal(
+        state["c"]["w"], torch.tensor([0.3])
+    )  # the old state is left as it was
+
+
+def test_init_and_payload_carry_both_channels() -> None:
+    strategy = Scaffold(settings("server.strategy=scaffold"))
+    glob = {"w": torch.ones(2, 3), "n": torch.tensor(7)}
+    state = strategy.init(glob)
+    plan = strategy.configure_train(0, glob, state, [0])
+    # c: zeros for the floating tensors only (an int counter has no control).
+    assert set(state) == {"c"} and set(state["c"]) == {"w"}
+    assert torch.equal(state["c"]["w"], torch.zeros(2, 3))
+    assert set(plan.payload) == {"model", "control"}
+    assert plan.payload["control"] is state["c"]
+    assert isinstance(plan.algorithm, ScaffoldClient)
+
+
+def test_buffers_get_zero_control_and_keep_their_c_i() -> None:
+    # Prepare: "w" is a parameter; "buf" travels but is not trained.
+    w = torch.nn.Parameter(torch.tensor([1.0]))
+    payload = {
+        "model": {"w": torch.tensor([1.0]), "buf": torch.tensor([5.0])},
+        "control": {"w": torch.tensor([0.5]), "buf": torch.tensor([0.25])},
+    }
+    kept = {"scaffold": {"w": torch.tensor([0.1]), "buf": torch.tensor([0.7])}}
+    algo = ScaffoldClient()
+    # Execute: one step of lr 0.5 with gradient 1 - 0.1 + 0.5 = 1.4: w = 0.3
+    algo.begin({"w": w}, payload, kept)
+    w.grad = torch.tensor([1.0])
+    algo.after_backward({"w": w})
+    with torch.no_grad():
+        w.sub_(0.5 * w.grad)
+    upload, keep = algo.end({"w": w}, steps=1, lr=0.5)
+    # Assert: c_i+ = 0.1 - 0.5 + (1 - 0.3) / 0.5 = 1.0 = g (the last gradient)
+    torch.testing.assert_close(keep["scaffold"]["w"], torch.tensor([1.0]))
+    torch.testing.assert_close(upload["control"]["w"], torch.tensor([0.9]))
+    assert torch.equal(keep["scaffold"]["buf"], torch.tensor([0.7]))
+    assert upload["control"]["buf"].tolist() == [0.0]
+    assert torch.equal(
+        kept["scaffold"]["w"], torch.tensor([0.1])
+    )  # the kept input is untouched
+
+
+def textbook(a, b, n, num_clients, x, cohorts, steps, lr):
+    """SCAFFOLD option II in plain floats: (x, c, c_i) after each round."""
+    c, c_i, history = 0.0, {}, []
+    for cohort in cohorts:
+        ys, dcs = {}, []
+        for i in cohort:
+            ci = c_i.get(i, 0.0)
+            y = x
+            for _ in range(steps):
+                y -= lr * (a[i] * (y - b[i]) - ci + c)
+            new_ci = ci - c + (x - y) / (steps * lr)
+            dcs.append(new_ci - ci)
+            c_i[i], ys[i] = new_ci, y
+        x = sum(n[i] * ys[i] for i in cohort) / sum(n[i] for i in cohort)
+        c = c + len(cohort) / num_clients * sum(dcs) / len(cohort)
+        history.append((x, c, dict(c_i)))
+    return history
+
+
+def test_two_rounds_on_quadratics_follow_the_textbook_recursion() -> None:
+    # Prepare: f_i(w) = a_i/2 (w - b_i)^2, 3 clients; client 2 first joins in round 1.
+    a, b, n = [1.0, 2.0, 4.0], [1.0, -1.0, 3.0], [2, 1, 1]
+    cohorts, steps, lr = [[0, 1], [1, 2]], 3, 0.1
+    expected = textbook(a, b, n, 3, 0.5, cohorts, steps, lr)
+    strategy = build_strategy(
+        settings(
+            "server.strategy=scaffold",
+            "data.num_clients=3",
+            "server.clients_per_round=2",
+        )
+    )
+    glob = {"w": torch.tensor(0.5, dtype=F64)}
+    state = strategy.init(glob)
+    kept: dict[int, dict] = {}
+    for rnd, cohort in enumerate(cohorts):
+        # Execute: each client runs the hooks in plain SGD; the server aggregates.
+        plan = strategy.configure_train(rnd, glob, state, cohort)
+        ups = []
+        for i in cohort:
+            up = run_quadratic_client(
+                plan.algorithm,
+                plan.payload,
+                kept.get(i, {}),
+                a=a[i],
+                b=b[i],
+                steps=steps,
+                lr=lr,
+                cid=i,
+                n=n[i],
+            )
+            assert reply_problem(up, plan.payload) is None
+            kept[i] = dict(up.keep)
+            ups.append(up)
+        glob, state = strategy.aggregate_train(rnd, glob, state, ups)
+        # Assert: x, c and every sampled client's c_i match the recursion.
+        x, c, c_i = expected[rnd]
+        assert abs(glob["w"].item() - x) < 1e-12
+        assert abs(state["c"]["w"].item() - c) < 1e-12
+        for i, value in c_i.items():
+            assert abs(kept[i]["scaffold"]["w"].item() - value) < 1e-12
+    assert set(kept) == {0, 1, 2}

@@ -1,0 +1,162 @@
+"""SIGTERM / SIGINT / SIGKILL of a whole `fedsim run`, then resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fedsim.tracking import read_metrics
+from tests.fixtures import QUICKSTART, REPO
+
+# Whole `fedsim run` processes, killed and resumed: end to end, so slow.
+pytestmark = pytest.mark.slow
+
+TIMING = {"round_seconds", "started_at"}
+
+
+def start_run(tmp_path: Path, *args: str, mark: str = "") -> subprocess.Popen[str]:
+    env = {**os.environ, "FEDSIM_TEST_MARK": mark or uuid.uuid4().hex}
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedsim",
+        "run",
+        str(QUICKSTART),
+        "data.num_clients=6",
+        "server.clients_per_round=3",
+        "client.epochs=1",
+        "log.progress=false",
+        f"log.root={tmp_path}",
+        "--run-dir",
+        str(tmp_path / "run"),
+        *args,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_rows(run_dir: Path, n: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("the run did not reach its rounds in time")
+
+
+def rows(run_dir: Path) -> list[dict[str, object]]:
+    return [
+        {k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(run_dir)
+    ]
+
+
+def processes_marked(mark: str) -> list[int]:
+    """Pids whose environment carries ``mark`` (Ray's processes inherit it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if f"FEDSIM_TEST_MARK={mark}".encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def resume(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedsim",
+            "run",
+            "--resume",
+            str(tmp_path / "run"),
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_checkpoints_exits_and_resumes(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    proc = start_run(
+        tmp_path, "rounds=40", "log.checkpoint_every=100", "--backend", "local"
+    )
+    wait_for_rows(tmp_path / "run", 2, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert f"stopped by {sig.name} after round" in err
+    assert f"resume with: fedsim run --resume {tmp_path / 'run'}" in err
+    assert "Traceback" not in err
+    done = len(read_metrics(tmp_path / "run"))
+    assert done >= 2
+    finished = resume(tmp_path, f"rounds={done + 2}", "--backend", "local")
+    assert finished.returncode == 0, finished.stderr
+    assert [r["round"] for r in rows(tmp_path / "run")] == list(range(done + 2))
+
+
+def test_sigkill_loses_at_most_the_rounds_since_the_checkpoint(tmp_path: Path) -> None:
+    over = ["rounds=12", "model.param=pfedpara", "data.partition=shards"]
+    reference = tmp_path / "reference"
+    straight = subprocess.run(
+        [sys.executable, "-m", "fedsim", "run", str(QUICKSTART), *over,
+         "data.num_clients=6", "server.clients_per_round=3", "client.epochs=1",
+         "log.progress=false", "--run-dir", str(reference), "--backend", "local"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert straight.returncode == 0, straight.stderr
+    proc = start_run(tmp_path, *over, "log.checkpoint_every=3", "--backend", "local")
+    wait_for_rows(tmp_path / "run", 5, proc)  # checkpoint at 3, killed at 5 or later
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    finished = resume(tmp_path, "--backend", "local")
+    assert finished.returncode == 0, finished.stderr
+    assert rows(tmp_path / "run") == rows(reference)
+    a = json.loads((reference / "summary.json").read_text())
+    b = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert a["final_personal_accuracy"] == b["final_personal_accuracy"]
+
+
+def test_sigterm_on_ray_leaves_no_ray_process(tmp_path: Path) -> None:
+    mark = uuid.uuid4().hex
+    proc = start_run(tmp_path, "rounds=40", "log.checkpoint_every=100", mark=mark)
+    try:
+        wait_for_rows(tmp_path / "run", 1, proc)
+        assert len(processes_marked(mark)) > 1  # Ray's processes carry the mark
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "resume with" in err
+    deadline = time.monotonic() + 30
+    while processes_marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_marked(mark) == []
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
