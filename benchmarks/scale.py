@@ -5,7 +5,7 @@ Workload: overhead.py's (the small FedPara CNN on synthetic CIFAR-shaped data,
 round, 2 client actors of 1 CPU) with a cohort of 100 and the same number of
 examples per client at every scale (``--per-client``, 2 by default), so that a
 round is the same work at every scale and the dataset grows with the clients:
-614 MB of images at 100,000 clients, which this machine holds several times.
+587 MiB of images at 100,000 clients, which this machine holds several times.
 
 Each scale is one ``fedsim run`` command (embedded Ray) in a subprocess. A
 sampler thread reads /proc every ``--interval`` seconds for every process of
@@ -13,15 +13,19 @@ the command's tree (the command, Ray's daemons, the driver actor, the client
 actors): peak RSS per process (the kernel's VmHWM) and the summed PSS (shared
 pages split between the processes that map them; the peak of the samples).
 
-Printed per scale: start-up (command start to first round start), the median
-round time after the first, the driver actor's peak RSS, the run's peak total
-PSS, and the seconds that loading the data takes alone (measured in a separate
-process; the driver actor does the same at start-up). Then two figures for the
-partition at the largest scale: its pickle (what ``ray.put`` and every actor's
-``ray.get`` do) as a tuple of one index array per client, against the same
-indices in one flat array plus offsets (CSR). The last line is one JSON object.
+Printed per run: start-up (command start to first round start), the median
+round time after the first, the driver actor's peak RSS (and its anonymous
+part), the run's peak total PSS and the load average meanwhile (other work on
+the machine slows everything). ``--repeats`` runs the scales in turn that many
+times; the figures are the medians. Also printed: the seconds that generating
+and splitting the data takes alone (a separate process; the driver actor does
+the same at start-up), and the partition of the largest scale pickled as Ray
+does (``ray.put`` once, ``ray.get`` in every actor) as a tuple of one index
+array per client, against the same indices as one flat array plus offsets
+(CSR). Ratios are of the largest scale to the smallest, PSS is at the middle
+one, and the last line is one JSON object.
 
-    .venv/bin/python benchmarks/scale.py [--clients 1000,10000,100000]
+    .venv/bin/python benchmarks/scale.py [--clients 1000,10000,100000] [--repeats 1]
 """
 
 from __future__ import annotations

@@ -179,7 +179,10 @@ class Experiment:
         if not resume:
             self.tracker.log_partition(
                 partition_summary(partition, data.y_train, info.num_classes),
-                label_heatmap(partition, data.y_train, info.num_classes),
+                # The heatmap is for TensorBoard only (and costs matplotlib).
+                label_heatmap(partition, data.y_train, info.num_classes)
+                if cfg.log.tensorboard
+                else None,
             )
         self.store = ClientStateStore(self.run_dir / "client_state")
         if resume:  # versions written after the checkpoint belong to lost rounds
