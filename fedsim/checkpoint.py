@@ -33,6 +33,7 @@ from fedsim.comm import Ledger, RoundTotals
 from fedsim.config import ConfigError
 from fedsim.params import Tensors
 from fedsim.strategy import EvalMetrics, StrategyState
+from fedsim.tracking import flatten
 
 FORMAT = 2
 # Keys a resume may change: how long, where and how it runs, what it logs.
@@ -90,16 +91,6 @@ def _fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in RESUMABLE}
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def save_checkpoint(
     run_dir: Path, state: ServerState, config: Mapping[str, Any]
 ) -> Path:
@@ -154,8 +145,8 @@ def load_checkpoint(run_dir: Path, config: Mapping[str, Any]) -> ServerState:
             f"{path} has checkpoint format {found}; this fedsim reads format "
             f"{FORMAT} (resume it with the fedsim version that wrote it)"
         )
-    saved = _flatten(json.loads(blob["config"]))
-    now = _flatten(_fingerprint(config))
+    saved = flatten(json.loads(blob["config"]))
+    now = flatten(_fingerprint(config))
     differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
     if differ:
         shown = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in differ)

@@ -24,16 +24,12 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from fedsim.algorithm import ClientAlgorithm
-from fedsim.messages import ClientUpdate
-from fedsim.params import Tensors
-from fedsim.strategy.base import Strategy, StrategyState
-from fedsim.strategy.fedavg import fedavg_aggregate
+from fedsim.strategy.fedavg import FedAvg
 
 if TYPE_CHECKING:
     from fedsim.algorithm import Channels, Params
@@ -72,7 +68,7 @@ class FedProxClient(ClientAlgorithm):
         return loss + (self.mu / 2) * prox
 
 
-class FedProx(Strategy):
+class FedProx(FedAvg):
     """FedAvg's server with :class:`FedProxClient` on every client."""
 
     name = "fedprox"
@@ -80,14 +76,3 @@ class FedProx(Strategy):
     def client_algorithm(self, server_round: int) -> ClientAlgorithm:
         """The proximal client half, ``mu = client.prox_mu``."""
         return FedProxClient(mu=self.settings.client.prox_mu)
-
-    def aggregate_train(
-        self,
-        server_round: int,
-        global_tensors: Tensors,
-        state: StrategyState,
-        updates: Iterable[ClientUpdate],
-    ) -> tuple[Tensors, StrategyState]:
-        """Example-weighted mean of the uploaded models (FedAvg's)."""
-        new, _ = fedavg_aggregate(global_tensors, updates)
-        return new, state
