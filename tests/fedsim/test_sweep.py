@@ -71,10 +71,10 @@ def test_sweep_on_ray_runs_two_at_once_sharing_the_cluster(
     starts, ends = [], []
     for run in (tmp_path / "runs").iterdir():
         (run_dir,) = run.iterdir()
-        rows = [
-            json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
-        ]
-        starts.append(rows[0]["started_at"])
-        ends.append(rows[-1]["started_at"] + rows[-1]["round_seconds"])
-    assert max(starts) < min(ends)  # the two runs overlapped in time
+        summary = run_dir / "summary.json"
+        # A run spans [finish - wall time, finish]: its whole life, start-up included.
+        finished = summary.stat().st_mtime
+        starts.append(finished - json.loads(summary.read_text())["wall_seconds"])
+        ends.append(finished)
+    assert max(starts) < min(ends)  # the two runs were alive at the same time
     assert ray.available_resources().get("CPU") == 2.0  # every reservation freed
