@@ -39,33 +39,13 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.scale import cpu_seconds, kind, process_tree  # noqa: E402
+from benchmarks.scale import cpu_seconds, kind, overrides, process_tree  # noqa: E402
 from fedsim.config import load_config  # noqa: E402
 
 STARTUP_GOAL_S = 6.0  # command start to first round start
 
 CLIENTS, PER_CLIENT, COHORT, ROUNDS, ACTORS = 100, 200, 10, 20, 2
-OVERRIDES = [
-    "name=overhead",
-    f"rounds={ROUNDS}",
-    "data.name=synthetic_cifar",
-    f"data.synthetic_train={CLIENTS * PER_CLIENT}",
-    "data.synthetic_test=1000",
-    f"data.num_clients={CLIENTS}",
-    "data.partition=iid",
-    "model.arch=cnn",
-    "model.param=fedpara",
-    "model.gamma=0.5",
-    "client.epochs=1",
-    "client.batch_size=32",
-    "client.lr=0.05",
-    f"server.clients_per_round={COHORT}",
-    f"resources.num_actors={ACTORS}",
-    "resources.cpus_per_client=1",
-    "log.progress=false",
-    "log.checkpoint_every=0",
-    "log.tensorboard=false",
-]
+OVERRIDES = overrides(CLIENTS, PER_CLIENT, ROUNDS, COHORT, name="overhead")
 
 
 def plain_loop(rounds: int) -> dict[str, float]:

@@ -59,10 +59,19 @@ GOALS = {
 }
 
 
-def overrides(clients: int, per_client: int, rounds: int) -> list[str]:
-    """overhead.py's workload at ``clients`` clients of ``per_client`` examples."""
+def overrides(
+    clients: int,
+    per_client: int,
+    rounds: int,
+    cohort: int = COHORT,
+    name: str = "scale",
+) -> list[str]:
+    """The overhead workload at ``clients`` clients of ``per_client`` examples.
+
+    overhead.py runs it too (100 clients, a cohort of 10): one definition.
+    """
     return [
-        "name=scale",
+        f"name={name}",
         f"rounds={rounds}",
         "data.name=synthetic_cifar",
         f"data.synthetic_train={clients * per_client}",
@@ -75,7 +84,7 @@ def overrides(clients: int, per_client: int, rounds: int) -> list[str]:
         "client.epochs=1",
         "client.batch_size=32",
         "client.lr=0.05",
-        f"server.clients_per_round={COHORT}",
+        f"server.clients_per_round={cohort}",
         f"resources.num_actors={ACTORS}",
         "resources.cpus_per_client=1",
         "log.progress=false",
