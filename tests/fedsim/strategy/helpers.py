@@ -11,7 +11,7 @@ from torch import Tensor
 from fedsim.algorithm import ClientAlgorithm
 from fedsim.config import load_config
 from fedsim.messages import MODEL, ClientUpdate
-from fedsim.strategy import EvalSchedule, StrategySettings
+from fedsim.strategy import EvalSchedule, StrategySettings, reply_problem
 
 
 def settings(*overrides: str) -> StrategySettings:
@@ -85,3 +85,28 @@ def run_quadratic_client(
         train_seconds=0.0,
         keep=extra_keep,
     )
+
+
+def run_rounds(strategy, glob, state, kept, cohorts, a, b, n, steps, lr):  # type: ignore[no-untyped-def]
+    """Each round: every cohort client runs the hooks on its quadratic, the server
+    aggregates; yields ``(global, state)`` after each round (``kept`` is updated)."""
+    for rnd, cohort in enumerate(cohorts):
+        plan = strategy.configure_train(rnd, glob, state, cohort)
+        ups = []
+        for i in cohort:
+            up = run_quadratic_client(
+                plan.algorithm,
+                plan.payload,
+                kept.get(i, {}),
+                a=a[i],
+                b=b[i],
+                steps=steps,
+                lr=lr,
+                cid=i,
+                n=n[i],
+            )
+            assert reply_problem(up, plan.payload) is None
+            kept[i] = dict(up.keep)
+            ups.append(up)
+        glob, state = strategy.aggregate_train(rnd, glob, state, ups)
+        yield glob, state

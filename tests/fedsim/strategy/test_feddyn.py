@@ -1,7 +1,11 @@
 import torch
 
-from fedsim.strategy import FedDyn, FedDynClient, build_strategy, reply_problem
-from tests.fedsim.strategy.helpers import run_quadratic_client, settings, update
+from fedsim.strategy import FedDyn, FedDynClient, build_strategy
+from tests.fedsim.strategy.helpers import (
+    run_rounds,
+    settings,
+    update,
+)
 
 F64 = torch.float64
 
@@ -81,29 +85,6 @@ def textbook(a, b, num_clients, alpha, theta, cohorts, steps, lr):
         theta = sum(thetas.values()) / len(cohort) - h / alpha
         history.append((theta, h, dict(g)))
     return history
-
-
-def run_rounds(strategy, glob, state, kept, cohorts, a, b, n, steps, lr):
-    for rnd, cohort in enumerate(cohorts):
-        plan = strategy.configure_train(rnd, glob, state, cohort)
-        ups = []
-        for i in cohort:
-            up = run_quadratic_client(
-                plan.algorithm,
-                plan.payload,
-                kept.get(i, {}),
-                a=a[i],
-                b=b[i],
-                steps=steps,
-                lr=lr,
-                cid=i,
-                n=n[i],
-            )
-            assert reply_problem(up, plan.payload) is None
-            kept[i] = dict(up.keep)
-            ups.append(up)
-        glob, state = strategy.aggregate_train(rnd, glob, state, ups)
-        yield glob, state
 
 
 def test_two_rounds_on_quadratics_follow_the_textbook_recursion() -> None:

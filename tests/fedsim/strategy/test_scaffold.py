@@ -1,7 +1,11 @@
 import torch
 
-from fedsim.strategy import Scaffold, ScaffoldClient, build_strategy, reply_problem
-from tests.fedsim.strategy.helpers import run_quadratic_client, settings, update
+from fedsim.strategy import Scaffold, ScaffoldClient, build_strategy
+from tests.fedsim.strategy.helpers import (
+    run_rounds,
+    settings,
+    update,
+)
 
 F64 = torch.float64
 
@@ -105,26 +109,9 @@ def test_two_rounds_on_quadratics_follow_the_textbook_recursion() -> None:
     glob = {"w": torch.tensor(0.5, dtype=F64)}
     state = strategy.init(glob)
     kept: dict[int, dict] = {}
-    for rnd, cohort in enumerate(cohorts):
-        # Execute: each client runs the hooks in plain SGD; the server aggregates.
-        plan = strategy.configure_train(rnd, glob, state, cohort)
-        ups = []
-        for i in cohort:
-            up = run_quadratic_client(
-                plan.algorithm,
-                plan.payload,
-                kept.get(i, {}),
-                a=a[i],
-                b=b[i],
-                steps=steps,
-                lr=lr,
-                cid=i,
-                n=n[i],
-            )
-            assert reply_problem(up, plan.payload) is None
-            kept[i] = dict(up.keep)
-            ups.append(up)
-        glob, state = strategy.aggregate_train(rnd, glob, state, ups)
+    # Execute: each client runs the hooks in plain SGD; the server aggregates.
+    rounds = run_rounds(strategy, glob, state, kept, cohorts, a, b, n, steps, lr)
+    for rnd, (glob, state) in enumerate(rounds):
         # Assert: x, c and every sampled client's c_i match the recursion.
         x, c, c_i = expected[rnd]
         assert abs(glob["w"].item() - x) < 1e-12
