@@ -11,6 +11,10 @@
                [--out DIR] [--target 0.8] [--backend ray|local]
     fedsim sweep CONFIG [key=value ...] --grid KEY=V1,V2 [KEY=V1,V2 ...]
                [--max-concurrent N] [--out DIR] [--target 0.8] [--backend ray|local]
+               [--address ADDR] [--run-dir DIR ...]
+    fedsim sweep CONFIG [key=value ...] --grid KEY=V1,V2 [...] --submit
+               [--address http://HEAD:8265] [--no-wait] [--max-concurrent N]
+               [--out /ABSOLUTE/DIR] [--target 0.8]
     fedsim submit CONFIG [key=value ...] --address http://HEAD:8265
     fedsim status|logs|stop JOB_ID --address http://HEAD:8265
 
@@ -160,7 +164,29 @@ def _parser() -> argparse.ArgumentParser:
         help="runs at once on Ray (the cluster's client slots are shared among "
         "them); in-process runs go one after another (default 2)",
     )
-    _add_run_set_options(swp)
+    _add_run_set_options(
+        swp,
+        address_help="Ray cluster to join (default: RAY_ADDRESS or a local one); "
+        "with --submit, its dashboard, http://HEAD:8265",
+    )
+    swp.add_argument(
+        "--run-dir",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="where a run writes, once per run in grid order (the job of "
+        "--submit gets those it printed); default LOG_ROOT/NAME/TIME",
+    )
+    swp.add_argument(
+        "--submit",
+        action="store_true",
+        help="run the grid and its report as one Ray job on the cluster (like "
+        "fedsim submit): log.root must be shared, --out absolute (default "
+        "LOG_ROOT/NAME_sweep/TIME)",
+    )
+    swp.add_argument(
+        "--no-wait", action="store_true", help="with --submit: return after submitting"
+    )
 
     submit = sub.add_parser("submit", help="submit a run as a Ray job")
     submit.add_argument("config")
@@ -184,7 +210,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_run_set_options(p: argparse.ArgumentParser) -> None:
+def _add_run_set_options(
+    p: argparse.ArgumentParser,
+    address_help: str = "Ray cluster to join (default: RAY_ADDRESS or a local one)",
+) -> None:
     """Options of the commands that run several experiments and report them."""
     p.add_argument(
         "--out",
@@ -206,9 +235,7 @@ def _add_run_set_options(p: argparse.ArgumentParser) -> None:
         help="'ray' (default): each run on a pool of Ray actors; 'local': in this "
         "process, without Ray",
     )
-    p.add_argument(
-        "--address", help="Ray cluster to join (default: RAY_ADDRESS or a local one)"
-    )
+    p.add_argument("--address", help=address_help)
 
 
 def _add_link_options(p: argparse.ArgumentParser) -> None:
@@ -322,9 +349,12 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    """Run the grid (see fedsim.sweep), several at once on Ray, then report."""
+    """Run the grid (see fedsim.sweep), several at once on Ray, then report.
+
+    With ``--submit``, the same as one Ray job (see :func:`_submit_sweep`).
+    """
     from fedsim.report import write_report
-    from fedsim.sweep import run_sweep, sweep_configs
+    from fedsim.sweep import given_run_dirs, run_sweep, sweep_configs
 
     # `--grid a=1,2 rounds=3`: argparse gives rounds=3 to --grid; a one-value
     # axis is an override.
@@ -333,9 +363,15 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.max_concurrent < 1:
         raise ConfigError("--max-concurrent must be >= 1")
     configs = sweep_configs(args.config, overrides, grid)
+    for cfg in configs:
+        check_model_fits(cfg)
+    if args.submit:
+        return _submit_sweep(args, grid, overrides, configs)
+    if args.no_wait:
+        raise ConfigError("--no-wait goes with --submit")
+    run_dirs = given_run_dirs(configs, args.run_dir)
     first = configs[0]
     check_available(first.data.name, first.data.root)
-    check_model_fits(first)
     slots = None
     with (
         ray_cluster(args.address or first.resources.address)
@@ -346,7 +382,7 @@ def _sweep(args: argparse.Namespace) -> int:
             from fedsim.backend.placement import cluster_slots
 
             slots = cluster_slots(first)
-        results = run_sweep(configs, args.backend, args.max_concurrent, slots)
+        results = run_sweep(configs, args.backend, args.max_concurrent, slots, run_dirs)
     for cfg, result in zip(configs, results, strict=True):
         print(summary_paragraph(cfg, result))
     out = args.out or Path("reports") / load_config(args.config, overrides).name
@@ -452,12 +488,13 @@ def _job_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _submit(args: argparse.Namespace) -> int:
-    """Check the config here, say where its results go, submit, follow."""
-    from fedsim.backend import jobs
-    from fedsim.tracking import new_run_dir
+def _job_config(cfg: Config, address: str | None) -> Config:
+    """``cfg`` as it travels in a job, checked before the cluster is asked.
 
-    cfg = load_config(args.config, args.overrides)  # fails before the cluster
+    ``log.root`` must not be the default (a folder of this machine); paths are
+    made absolute; the job joins the cluster it runs on (Ray Jobs sets
+    RAY_ADDRESS there); ``address`` must name a dashboard.
+    """
     if cfg.log.root == LogConfig().root:
         raise ConfigError(
             f"log.root is the default {cfg.log.root!r}, a folder of this machine, "
@@ -465,13 +502,84 @@ def _submit(args: argparse.Namespace) -> int:
             "filesystem that every node can write and you can read, e.g. "
             "log.root=/shared/fedsim/runs"
         )
-    cfg = resolve_paths(cfg)  # the resolved config is what travels
-    # A job joins the cluster it runs on (Ray Jobs sets RAY_ADDRESS there).
+    cfg = resolve_paths(cfg)
     cfg = replace(cfg, resources=replace(cfg.resources, address=None))
-    dashboard_address(args.address)  # the right kind of address, before printing
+    dashboard_address(address)  # the right kind of address, before printing
+    return cfg
+
+
+def _submit(args: argparse.Namespace) -> int:
+    """Check the config here, say where its results go, submit, follow."""
+    from fedsim.backend import jobs
+    from fedsim.tracking import new_run_dir
+
+    # Fails before the cluster; the resolved config is what travels.
+    cfg = _job_config(load_config(args.config, args.overrides), args.address)
     run_dir = new_run_dir(cfg)
     print(f"run directory: {run_dir} (written by the job)")
-    job_id = jobs.submit(cfg, run_dir, args.address)
+    command = jobs.entrypoint("train", ["--run-dir", str(run_dir)])
+    return _submitted(jobs.submit(cfg, command, args.address), args)
+
+
+def _submit_sweep(
+    args: argparse.Namespace,
+    grid: list[str],
+    overrides: list[str],
+    configs: list[Config],
+) -> int:
+    """``fedsim sweep --submit``: say where every run and the report go, submit.
+
+    The job gets the base config (every override applied, paths absolute) and
+    the grid, and runs ``fedsim sweep`` on them there (``ray_jobs/sweep.py``):
+    the same runs in the same order, so each writes the directory printed here.
+    """
+    from fedsim.backend import jobs
+    from fedsim.sweep import check_grid_can_travel
+    from fedsim.tracking import new_run_dir
+
+    if args.backend == "local":
+        raise ConfigError(
+            "--submit runs the grid on the cluster's Ray: drop --backend local"
+        )
+    if args.run_dir:
+        raise ConfigError(
+            "--submit puts each run under log.root itself: drop --run-dir"
+        )
+    if args.out is not None and not args.out.is_absolute():
+        raise ConfigError(
+            f"--out {args.out} is relative, but the job writes the report on the "
+            "cluster: give a folder on a filesystem that every node can write "
+            "and you can read, e.g. --out /shared/fedsim/reports/NAME, or leave "
+            "--out out (LOG_ROOT/NAME_sweep/TIME)"
+        )
+    check_grid_can_travel(grid)
+    base = _job_config(load_config(args.config, overrides), args.address)
+    run_dirs = [new_run_dir(resolve_paths(cfg)) for cfg in configs]
+    out = args.out or new_run_dir(replace(base, name=f"{base.name}_sweep"))
+    for run_dir in run_dirs:
+        print(f"run directory: {run_dir} (written by the job)")
+    print(f"report:        {out} (written by the job)")
+    command = jobs.entrypoint(
+        "sweep",
+        [
+            "--grid",
+            *grid,
+            "--max-concurrent",
+            str(args.max_concurrent),
+            "--target",
+            str(args.target),
+            "--out",
+            str(out),
+            *(word for d in run_dirs for word in ("--run-dir", str(d))),
+        ],
+    )
+    return _submitted(jobs.submit(base, command, args.address), args)
+
+
+def _submitted(job_id: str, args: argparse.Namespace) -> int:
+    """After submitting: follow the job to its end (its exit status), or say how."""
+    from fedsim.backend import jobs
+
     print(f"submitted {job_id}")
     if args.no_wait:
         print(f"follow it with: fedsim logs {job_id}; fedsim status {job_id}")

@@ -10,6 +10,17 @@ slots divided among the concurrent runs unless the config fixes it) and frees it
 object-store data included, when it ends. In-process (``--backend local``) runs
 go one after another: they would share torch's global random state.
 
+``fedsim sweep ... --submit`` runs the same grid as one Ray job: the command
+checks every config of the grid here, fixes each run's directory
+(``<log.root>/<name>/<time>``) and the report's (``<log.root>/<name>_sweep/<time>``
+unless ``--out`` gives an absolute one), prints them, and submits ``python -m
+ray_jobs.sweep job.yaml --grid ... --run-dir DIR ...`` (see
+:mod:`fedsim.backend.jobs`): ``job.yaml`` is the config with every override
+applied and its paths absolute, and the job expands the same grid from it and
+runs it with :func:`run_sweep` on the cluster it runs on, then writes the
+report. A grid over ``data.root`` or ``log.root`` is refused there: its values
+would be relative to the job's folder.
+
 Example
 -------
 >>> [c.name for c in sweep_configs(None, ["rounds=1"], ["model.param=original,fedpara",
@@ -28,11 +39,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedsim.config import Config, ConfigError, load_config
+from fedsim.launch import absolute_dir
 from fedsim.tracking import PROGRESS_ROW
 
 if TYPE_CHECKING:
     from fedsim.launch import BackendName
     from fedsim.loop import RunResult
+
+PATH_KEYS = ("data.root", "log.root")
+"""Keys whose relative values are taken from the current folder (see
+:func:`fedsim.launch.resolve_paths`)."""
 
 
 def parse_grid(grid: Sequence[str]) -> list[tuple[str, list[str]]]:
@@ -73,29 +89,71 @@ def sweep_configs(
     return configs
 
 
+def given_run_dirs(
+    configs: Sequence[Config], run_dirs: Sequence[Path] | None
+) -> list[Path | None]:
+    """One run directory per config (``--run-dir``, made absolute), or all None.
+
+    >>> given_run_dirs(sweep_configs(None, [], ["seed=0,1"]), None)
+    [None, None]
+    """
+    if not run_dirs:
+        return [None] * len(configs)
+    if len(run_dirs) != len(configs):
+        raise ConfigError(
+            f"--run-dir is given {len(run_dirs)} times for {len(configs)} runs: "
+            "give it once per run, in grid order, or not at all"
+        )
+    return [absolute_dir(d) for d in run_dirs]
+
+
+def check_grid_can_travel(grid: Sequence[str]) -> None:
+    """Refuse, for a submitted sweep, a grid over paths (the job has other cwd).
+
+    >>> check_grid_can_travel(["log.root=a,b"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fedsim.config.ConfigError: --submit takes no grid over log.root: ...
+    """
+    for key, _ in parse_grid(grid):
+        if key in PATH_KEYS:
+            raise ConfigError(
+                f"--submit takes no grid over {key}: the job would read its "
+                f"values relative to its own folder; set {key} once (absolute, "
+                "on a filesystem every node shares) and submit one sweep per value"
+            )
+
+
 def run_sweep(
     configs: Sequence[Config],
     backend: BackendName,
     max_concurrent: int,
     slots: int | None = None,
+    run_dirs: Sequence[Path | None] | None = None,
 ) -> list[RunResult]:
     """Run ``configs``, up to ``max_concurrent`` at once on Ray; results in order.
 
     ``slots`` (client actors the cluster holds) is divided among the concurrent
-    runs whose config does not fix ``resources.num_actors``.
+    runs whose config does not fix ``resources.num_actors``. ``run_dirs``, one
+    per config (see :func:`given_run_dirs`), says where each run writes (None:
+    ``<log.root>/<name>/<time>``).
     """
     from fedsim.experiment import run_experiment
 
+    dirs = list(run_dirs) if run_dirs is not None else [None] * len(configs)
     workers = max_concurrent if backend == "ray" else 1
     per_run = max(1, slots // min(workers, len(configs))) if slots else None
 
-    def one(index: int, cfg: Config) -> RunResult:
+    def one(index: int, cfg: Config, run_dir: Path | None) -> RunResult:
         PROGRESS_ROW.value = index  # this run's progress line
         if per_run is not None and cfg.resources.num_actors is None:
             size = min(per_run, cfg.server.clients_per_round)
             cfg = replace(cfg, resources=replace(cfg.resources, num_actors=size))
-        return run_experiment(cfg, backend=backend)
+        return run_experiment(cfg, backend=backend, run_dir=run_dir)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(one, i, cfg) for i, cfg in enumerate(configs)]
+        futures = [
+            pool.submit(one, i, cfg, run_dir)
+            for i, (cfg, run_dir) in enumerate(zip(configs, dirs, strict=True))
+        ]
         return [f.result() for f in futures]

@@ -5,7 +5,7 @@ A Ray cluster answers at two kinds of address, and each command needs one:
 - the **GCS address** ``HOST:6379`` (what ``ray start --head`` prints), or a Ray
   Client address ``ray://HOST:10001``: ``fedsim run`` joins the cluster there;
 - the **dashboard** ``http://HOST:8265``: ``fedsim submit | status | logs |
-  stop`` talk to its job API.
+  stop`` and ``fedsim sweep --submit`` talk to its job API.
 
 ``--address``, ``resources.address`` and ``RAY_ADDRESS`` may hold either; the
 helpers below tell them apart and say which one a command needs instead of
@@ -39,8 +39,8 @@ _RUN_NEEDS = (
     "RAY_ADDRESS to run on an embedded local Ray"
 )
 _JOBS_NEED = (
-    "fedsim submit, status, logs and stop talk to the Ray dashboard: pass "
-    "--address http://HOST:8265 or set RAY_ADDRESS to it"
+    "fedsim submit, sweep --submit, status, logs and stop talk to the Ray "
+    "dashboard: pass --address http://HOST:8265 or set RAY_ADDRESS to it"
 )
 
 

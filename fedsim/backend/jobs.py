@@ -6,10 +6,12 @@ job's working directory is a package built here from ``fedsim/``,
 from, so an editable and a regular install upload the same files),
 ``configs/`` (when the packages sit in a source checkout) and ``job.yaml``,
 the config with every override applied and its paths made absolute. The
-entry point is ``python -m ray_jobs.train job.yaml --run-dir RUN_DIR``: the
-cluster's ``python`` must have fedsim's dependencies (start Ray from the
-project's virtual environment), and datasets are read from ``data.root`` on
-the cluster's nodes.
+entry point is a script of ``ray_jobs`` run on ``job.yaml``: ``python -m
+ray_jobs.train job.yaml --run-dir RUN_DIR`` for ``fedsim submit``, ``python
+-m ray_jobs.sweep job.yaml --grid ... --run-dir RUN_DIR ...`` for ``fedsim
+sweep --submit``. The cluster's ``python`` must have fedsim's dependencies
+(start Ray from the project's virtual environment), and datasets are read
+from ``data.root`` on the cluster's nodes.
 
 Ray's token authentication is on by default: the SDK then needs
 ``RAY_AUTH_MODE=token`` in the environment (the token is read from
@@ -36,7 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +104,14 @@ def build_package(cfg: Config, dest: Path) -> None:
     dump_config(cfg, dest / JOB_CONFIG)
 
 
-def entrypoint(run_dir: Path) -> str:
-    """The job's command line (run in the uploaded package)."""
-    args = ["python", "-m", "ray_jobs.train", JOB_CONFIG, "--run-dir", str(run_dir)]
-    return " ".join(shlex.quote(a) for a in args)
+def entrypoint(script: str, args: Sequence[str]) -> str:
+    """The job's command line, run in the uploaded package: ``ray_jobs.<script>``.
+
+    >>> entrypoint("train", ["--run-dir", "/shared/runs/q/1"])
+    'python -m ray_jobs.train job.yaml --run-dir /shared/runs/q/1'
+    """
+    words = ["python", "-m", f"ray_jobs.{script}", JOB_CONFIG, *args]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 @contextlib.contextmanager
@@ -180,8 +186,11 @@ def _submit_waiting_for_agent(client: Any, url: str, **kwargs: Any) -> str:
             _sleep(1.0)
 
 
-def submit(cfg: Config, run_dir: Path, address: str | None) -> str:
-    """Submit ``cfg`` (resolved: absolute paths) to write ``run_dir``; the job id."""
+def submit(cfg: Config, command: str, address: str | None) -> str:
+    """Submit ``command`` (see :func:`entrypoint`) on ``cfg``; the job id.
+
+    ``cfg`` is resolved (absolute paths); it travels as ``job.yaml``.
+    """
     client, url = _client(address)
     with tempfile.TemporaryDirectory(prefix="fedsim-job-") as tmp:
         package = Path(tmp)
@@ -197,7 +206,7 @@ def submit(cfg: Config, run_dir: Path, address: str | None) -> str:
         }
         with _talking_to(url):
             return _submit_waiting_for_agent(
-                client, url, entrypoint=entrypoint(run_dir), runtime_env=runtime_env
+                client, url, entrypoint=command, runtime_env=runtime_env
             )
 
 

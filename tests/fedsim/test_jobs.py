@@ -4,6 +4,7 @@ and the README's cluster recipe against a real Ray head on 127.0.0.1."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
@@ -114,7 +115,7 @@ def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.strip()]
 
 
-@pytest.mark.slow  # starts a Ray head, runs two jobs and one joined run (~90 s)
+@pytest.mark.slow  # starts a Ray head, runs three jobs and one joined run (~2 min)
 def test_the_readme_cluster_recipe_on_loopback(
     ray_head: Head,
     tmp_path: Path,
@@ -162,6 +163,27 @@ def test_the_readme_cluster_recipe_on_loopback(
     assert main(["stop", job_id]) == 0
     assert capsys.readouterr().out.strip() == "not running"
 
+    # A grid as one job: its runs' directories and its report's, printed first.
+    grid = ["--grid", "model.param=original,fedpara", "--submit"]
+    code = main(
+        ["sweep", str(QUICKSTART), *grid, "rounds=1", *small, "log.root=shared"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    before = out.split("\nsubmitted ")[0].splitlines()
+    sweep_dirs = [Path(line.split()[2]) for line in before[:-1]]
+    assert [d.parent.name for d in sweep_dirs] == [
+        "quickstart_original",
+        "quickstart_fedpara",
+    ]
+    assert before[-1].startswith("report:        ")
+    report_dir = Path(before[-1].split()[1])
+    assert (
+        {d.parent.parent for d in sweep_dirs} == {shared} == {report_dir.parent.parent}
+    )
+    sweep_id = out.split("submitted ")[1].split()[0]
+    assert f"job {sweep_id}: SUCCEEDED" in out
+
     # `fedsim run` joins the same cluster at its GCS address (RAY_ADDRESS still
     # names the dashboard, which --address overrides).
     proc = subprocess.run(
@@ -192,6 +214,11 @@ def test_the_readme_cluster_recipe_on_loopback(
     saved = load_config(run_dir / "config.yaml")
     assert saved.log.root == str(shared)
     assert (run_dir / "tb").is_dir() and (joined / "summary.json").is_file()
+    for sweep_dir in sweep_dirs:
+        assert json.loads((sweep_dir / "summary.json").read_text())["rounds"] == 1
+    with (report_dir / "report.csv").open() as table:
+        names = [row[0] for row in csv.reader(table)][1:]
+    assert names == ["quickstart_original", "quickstart_fedpara"]
 
 
 # Fast: no Ray head.
@@ -290,8 +317,8 @@ def test_the_package_holds_the_resolved_config(tmp_path: Path) -> None:
     assert load_config(tmp_path / jobs.JOB_CONFIG) == cfg
     assert (tmp_path / "ray_jobs" / "train.py").is_file()
     assert not (tmp_path / "runs").exists() and not (tmp_path / ".venv").exists()
-    assert jobs.entrypoint(Path("/shared/runs/q/1")) == (
-        "python -m ray_jobs.train job.yaml --run-dir /shared/runs/q/1"
+    assert jobs.entrypoint("train", ["--run-dir", "/shared/runs/q 1"]) == (
+        "python -m ray_jobs.train job.yaml --run-dir '/shared/runs/q 1'"
     )
 
 
