@@ -113,7 +113,7 @@ class ServerConfig:
     strategy: StrategyName = "fedavg"
     clients_per_round: int = 10
     eval_every: int = 1
-    eval_batch_size: int = 1024
+    eval_batch_size: int = 128  # activations of one batch: 1024 costs 100 MiB per actor
     lr: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.99

@@ -26,13 +26,12 @@ from fedsim.backend.base import Backend
 from fedsim.checkpoint import ServerState, load_checkpoint, save_checkpoint
 from fedsim.config import Config, load_config
 from fedsim.data import (
+    DataRequest,
     FederatedData,
     Partition,
     PartitionSpec,
     check_available,
     label_heatmap,
-    load_dataset,
-    make_partition,
     partition_summary,
 )
 from fedsim.driver import Cohort, Driver, RoundFailed
@@ -74,16 +73,9 @@ def model_layout(cfg: Config, model: nn.Module) -> StateLayout:
     return StateLayout.of(model, strategy.local_names(model))
 
 
-def load_data(cfg: Config) -> tuple[FederatedData, Partition]:
-    """Load the dataset and split it, a pure function of the config."""
+def data_request(cfg: Config) -> DataRequest:
+    """The config's dataset and partition, as a value any worker can load."""
     d = cfg.data
-    data = load_dataset(
-        d.name,
-        d.root,
-        synthetic_train=d.synthetic_train,
-        synthetic_test=d.synthetic_test,
-        seed=cfg.seed,
-    )
     spec = PartitionSpec(
         scheme=d.partition,
         num_clients=d.num_clients,
@@ -91,10 +83,19 @@ def load_data(cfg: Config) -> tuple[FederatedData, Partition]:
         shards_per_client=d.shards_per_client,
         client_test_fraction=cfg.personal_test_fraction,
     )
-    partition = make_partition(
-        data.y_train, spec, cfg.seed, data.users, test_users=data.test_users
+    return DataRequest(
+        d.name,
+        d.root,
+        spec,
+        cfg.seed,
+        synthetic_train=d.synthetic_train,
+        synthetic_test=d.synthetic_test,
     )
-    return data, partition
+
+
+def load_data(cfg: Config) -> tuple[FederatedData, Partition]:
+    """Load the dataset and split it here, a pure function of the config."""
+    return data_request(cfg)()
 
 
 def strategy_settings(cfg: Config) -> StrategySettings:
@@ -146,7 +147,9 @@ class Experiment:
         self.pool = pool  # its workers may still be starting: they finish meanwhile
         try:
             self.model = preflight(cfg)
-            data, partition = load_data(cfg)
+            # Loaded where the pool keeps it: on Ray, by a task whose result goes
+            # straight to the object store, so this process maps it, no copy.
+            data, partition = self.pool.load(data_request(cfg))
             self.run_dir = run_dir or new_run_dir(cfg)
             self.strategy = build_strategy(strategy_settings(cfg))
             self.layout = StateLayout.of(

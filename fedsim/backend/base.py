@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fedsim.data import FederatedData, Partition
+from fedsim.data import DataRequest, FederatedData, Partition
 from fedsim.messages import (
     Channels,
     ClientEval,
@@ -51,6 +51,15 @@ class Backend(ABC):
     """Runs client tasks and evaluations on some workers."""
 
     num_workers: int
+
+    def load(self, request: DataRequest) -> tuple[FederatedData, Partition]:
+        """Load the data where the workers will read it; return it as seen here.
+
+        In-process: call ``request``. A backend with shared storage (Ray's
+        object store) may load it there, and :meth:`attach` of what this
+        returns then shares that copy instead of making another.
+        """
+        return request()
 
     @abstractmethod
     def attach(

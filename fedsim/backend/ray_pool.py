@@ -20,7 +20,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import ray
-from ray.exceptions import RayError
+from ray.exceptions import RayError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedsim.backend.base import (
     Backend,
@@ -43,11 +44,14 @@ from fedsim.backend.placement import (
 from fedsim.backend.scheduler import Scheduler
 from fedsim.backend.slots import Done, Job, Lost, Submit
 from fedsim.config import Config
-from fedsim.data import FederatedData, Partition
+from fedsim.data import DataRequest, FederatedData, Partition
 from fedsim.messages import MODEL, Channels, ClientFailure, ClientTask, EvalResult
 
 if TYPE_CHECKING:  # torch-free at run time: the driver actor starts clients first
     from fedsim.params import StateLayout
+
+LOAD_IN_TASK_BYTES = 64 * 2**20
+"""Data at least this large (or of unknown size: read from files) loads in a task."""
 
 
 class RayPool(Backend):
@@ -77,6 +81,7 @@ class RayPool(Backend):
         capacity = sum(node_capacity(cfg.resources, n) for n in nodes)
         self._group: Any = reserve(cfg, self.num_workers, capacity)
         self._refs: tuple[Any, Any, StateLayout] | None = None
+        self._loaded: tuple[FederatedData, Partition, list[Any]] | None = None
         self._last_payload: tuple[dict[str, Mapping[str, Any]], list[Any]] | None = None
         try:
             self._scheduler = Scheduler(
@@ -104,11 +109,40 @@ class RayPool(Backend):
         """Actors started to replace dead or hung ones, so far."""
         return self._scheduler.replacements
 
+    def load(self, request: DataRequest) -> tuple[FederatedData, Partition]:
+        """Load large data in a task on this node, straight into the object store.
+
+        The task's worker holds the arrays while the object store copies them,
+        then exits (``max_calls=1``); this process maps the stored copy
+        (numpy arrays deserialize zero-copy) and reads only what it touches,
+        the labels, so the driver never holds the images. :meth:`attach` of
+        the returned pair shares that copy. Data under
+        :data:`LOAD_IN_TASK_BYTES` loads here: a worker costs about a CPU
+        second to start, more than copying it does.
+        """
+        if request.approx_bytes() < LOAD_IN_TASK_BYTES:
+            return request()
+        here = ray.get_runtime_context().get_node_id()
+        refs: Any = _load.options(  # type: ignore[attr-defined]
+            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
+        ).remote(request)  # on this node: data.root was checked here
+        try:
+            data, partition = ray.get(refs)
+        except RayTaskError as exc:  # DataError and the like: their own message
+            raise exc.cause from None
+        self._loaded = (data, partition, refs)
+        return data, partition
+
     def attach(
         self, data: FederatedData, partition: Partition, layout: StateLayout
     ) -> RayPool:
         """Share ``data``, ``partition`` and ``layout`` with every actor; wait."""
-        refs = self._refs = (ray.put(data), ray.put(partition), layout)
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None and loaded[0] is data and loaded[1] is partition:
+            data_ref, partition_ref = loaded[2]  # already in the object store
+        else:
+            data_ref, partition_ref = ray.put(data), ray.put(partition)
+        refs = self._refs = (data_ref, partition_ref, layout)
         self._scheduler.attach(lambda actor: actor.setup.remote(*refs))
         return self
 
@@ -253,8 +287,14 @@ class RayPool(Backend):
         self._scheduler.kill_all()
         release(self._group)
         self._group = None
-        self._refs = None  # the dataset and the partition
+        self._refs = self._loaded = None  # the dataset and the partition
         self._last_payload = None
+
+
+@ray.remote(num_cpus=0, max_calls=1, num_returns=2)
+def _load(request: DataRequest) -> tuple[FederatedData, Partition]:
+    """Load in a worker that exits afterwards, freeing its copy."""
+    return request()
 
 
 def _train_call(task: ClientTask, boxed: list[Any], state: Channels) -> Submit:

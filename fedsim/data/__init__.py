@@ -13,6 +13,7 @@ Example
 
 from fedsim.data.base import DataError, DatasetInfo, DatasetNotFoundError, FederatedData
 from fedsim.data.download import download
+from fedsim.data.indices import ClientIndices
 from fedsim.data.loaders import DATASETS, check_available, dataset_info, load_dataset
 from fedsim.data.partition import (
     Partition,
@@ -21,10 +22,13 @@ from fedsim.data.partition import (
     make_partition,
 )
 from fedsim.data.partition_report import label_entropy, label_heatmap, partition_summary
+from fedsim.data.request import DataRequest
 
 __all__ = [
     "DATASETS",
+    "ClientIndices",
     "DataError",
+    "DataRequest",
     "DatasetInfo",
     "DatasetNotFoundError",
     "FederatedData",

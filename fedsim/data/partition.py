@@ -55,9 +55,11 @@ from typing import Literal, get_args
 import numpy as np
 
 from fedsim.data.base import DataError
+from fedsim.data.indices import ClientIndices
 
 __all__ = [
     "DIRICHLET_TRIES",
+    "ClientIndices",
     "Partition",
     "PartitionScheme",
     "PartitionSpec",
@@ -120,9 +122,10 @@ class Partition:
 
     Parameters
     ----------
-    train : tuple of np.ndarray
-        One array per client, indices into the train split.
-    test : tuple of np.ndarray
+    train : ClientIndices
+        One array per client, indices into the train split (a sequence of
+        arrays is packed with :meth:`ClientIndices.of`).
+    test : ClientIndices
         One array per client (possibly empty), indices into the split named by
         ``test_source``.
     test_source : {"train", "test"}
@@ -137,11 +140,15 @@ class Partition:
     (1, 'train')
     """
 
-    train: tuple[np.ndarray, ...]
-    test: tuple[np.ndarray, ...]
+    train: ClientIndices
+    test: ClientIndices
     test_source: TestSource = "train"
 
     def __post_init__(self) -> None:
+        for name in ("train", "test"):
+            value = getattr(self, name)
+            if not isinstance(value, ClientIndices):
+                object.__setattr__(self, name, ClientIndices.of(value))
         if self.test_source not in get_args(TestSource):
             raise DataError(
                 f"test_source must be 'train' or 'test' (got {self.test_source!r})"
@@ -160,14 +167,6 @@ class Partition:
 
 def _rng(seed: int, stream: str, *extra: int) -> np.random.Generator:
     return np.random.default_rng([seed, _STREAM[stream], *extra])
-
-
-def _group(client_of: np.ndarray, num_clients: int) -> tuple[np.ndarray, ...]:
-    """Turn a per-example client id (-1: unused) into sorted per-client arrays."""
-    used = np.flatnonzero(client_of >= 0)
-    order = used[np.argsort(client_of[used], kind="stable")]  # stable: sorted groups
-    counts = np.bincount(client_of[used], minlength=num_clients)
-    return tuple(np.split(order.astype(np.int64), np.cumsum(counts)[:-1]))
 
 
 def _iid(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -279,7 +278,7 @@ def _natural(
 
 def _own_tests(
     test_users: tuple[np.ndarray, ...], num_users: int, chosen: np.ndarray
-) -> tuple[np.ndarray, ...]:
+) -> ClientIndices:
     """The chosen users' own test indices (into the test split), one per client."""
     if len(test_users) != num_users:
         raise DataError(
@@ -304,7 +303,7 @@ def _own_tests(
             "a test example belongs to two users in test_users; pass "
             "FederatedData.test_users from load_dataset"
         )
-    return tuple(tests)
+    return ClientIndices.of(tests)
 
 
 def _carve_test(
@@ -418,9 +417,11 @@ def make_partition(
             # The writers' own test examples are the natural personal test sets;
             # carving train examples as well would only shrink training.
             return Partition(
-                train=_group(client_of, k),
+                train=ClientIndices.group(client_of, k),
                 test=_own_tests(test_users, len(users), chosen),
                 test_source="test",
             )
     train_of, test_of = _carve_test(client_of, k, spec.client_test_fraction, seed)
-    return Partition(train=_group(train_of, k), test=_group(test_of, k))
+    return Partition(
+        train=ClientIndices.group(train_of, k), test=ClientIndices.group(test_of, k)
+    )

@@ -14,11 +14,13 @@ Example
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedsim.data.base import DataError
+from fedsim.data.indices import ClientIndices
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -27,9 +29,12 @@ if TYPE_CHECKING:
 
 
 def label_histograms(
-    clients: tuple[np.ndarray, ...], labels: np.ndarray, num_classes: int
+    clients: Sequence[np.ndarray], labels: np.ndarray, num_classes: int
 ) -> np.ndarray:
     """Count labels per client: ``(num_clients, num_classes)`` int64.
+
+    ``clients`` is a :class:`ClientIndices` (a partition's ``train``) or any
+    sequence of index arrays.
 
     Examples
     --------
@@ -37,18 +42,17 @@ def label_histograms(
     array([[1, 1],
            [0, 1]])
     """
+    if not isinstance(clients, ClientIndices):
+        clients = ClientIndices.of(clients)
     labels = np.asarray(labels, dtype=np.int64)
-    lengths = np.array([len(idx) for idx in clients], dtype=np.int64)
-    flat = np.concatenate(clients) if clients else np.zeros(0, np.int64)
-    picked = labels[flat.astype(np.int64)]
+    picked = labels[clients.flat]
     if picked.size and (picked.min() < 0 or picked.max() >= num_classes):
         raise DataError(
             f"labels range over [{picked.min()}, {picked.max()}] but num_classes is "
             f"{num_classes}; pass the dataset's info.num_classes"
         )
-    owner = np.repeat(np.arange(len(clients)), lengths)
     counts = np.bincount(
-        owner * num_classes + picked, minlength=len(clients) * num_classes
+        clients.owners() * num_classes + picked, minlength=len(clients) * num_classes
     )
     return counts.reshape(len(clients), num_classes)
 
@@ -103,22 +107,30 @@ def partition_summary(
     hist = label_histograms(partition.train, labels, num_classes)
     entropy = _entropy(hist)
     num_train = hist.sum(axis=1)
-    num_test = [len(idx) for idx in partition.test]
-    clients = [
+    num_test = partition.test.sizes()
+    clients = [  # plain Python numbers, converted once per column
         {
             "client": i,
-            "num_train": int(num_train[i]),
-            "num_test": int(num_test[i]),
-            "label_histogram": hist[i].tolist(),
-            "label_entropy": float(entropy[i]),
+            "num_train": n_train,
+            "num_test": n_test,
+            "label_histogram": h,
+            "label_entropy": e,
         }
-        for i in range(len(hist))
+        for i, (n_train, n_test, h, e) in enumerate(
+            zip(
+                num_train.tolist(),
+                num_test.tolist(),
+                hist.tolist(),
+                entropy.tolist(),
+                strict=True,
+            )
+        )
     ]
     return {
         "num_clients": len(hist),
         "num_classes": num_classes,
         "num_train": int(num_train.sum()),
-        "num_test": int(sum(num_test)),
+        "num_test": int(num_test.sum()),
         "test_source": partition.test_source,
         "min_train": int(num_train.min()) if len(hist) else 0,
         "max_train": int(num_train.max()) if len(hist) else 0,

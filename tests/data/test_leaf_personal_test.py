@@ -192,7 +192,7 @@ def test_other_partitions_are_unchanged(tmp_path: Path, spec: PartitionSpec) -> 
     after = make_partition(data.y_train, spec, 2, data.users, test_users)
     assert before.test_source == after.test_source == "train"
     for old, new in zip(
-        before.train + before.test, after.train + after.test, strict=True
+        [*before.train, *before.test], [*after.train, *after.test], strict=True
     ):
         np.testing.assert_array_equal(old, new)
     if spec.client_test_fraction:

@@ -31,7 +31,7 @@ def _check_valid(part: Partition, n: int, k: int) -> np.ndarray:
     for idx in part.train:
         assert idx.dtype == np.int64 and len(idx) > 0
         assert np.all(np.diff(idx) > 0)
-    every = np.concatenate(part.train + part.test)
+    every = np.concatenate([*part.train, *part.test])
     assert len(np.unique(every)) == len(every)  # disjoint (train and test alike)
     assert every.min() >= 0 and every.max() < n
     return every

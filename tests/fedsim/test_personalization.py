@@ -44,8 +44,8 @@ def test_personal_splits_are_evaluated_and_never_trained_on(
     spy.reads, spy.phase = [], ["other"]
     monkeypatch.setattr(
         experiment,
-        "load_data",
-        lambda _cfg: (replace(data, x_train=spy), partition),
+        "data_request",
+        lambda _cfg: lambda: (replace(data, x_train=spy), partition),
     )
     for method, phase in (("train", "train"), ("evaluate_client", "personal")):
         original = getattr(ClientRunner, method)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -181,3 +183,56 @@ def test_driver_actor_reports_config_errors_as_themselves(
     ) as info:
         run_experiment(cfg, backend="ray")
     assert "Traceback" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_data_is_loaded_into_the_object_store_once(
+    tmp_path: Path, ray_session: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedsim.backend.ray_pool import RayPool
+    from fedsim.client import build_classifier
+    from fedsim.data import DataError, FederatedData, Partition
+    from fedsim.experiment import data_request
+    from fedsim.messages import MODEL, ClientUpdate
+    from fedsim.params import StateLayout, initial_state
+    from tests.fixtures import tiny_task
+
+    put_types: list[type] = []
+    real_put = ray_session.put
+
+    def spy_put(value: Any, **kwargs: Any) -> Any:
+        put_types.append(type(value))
+        return real_put(value, **kwargs)
+
+    monkeypatch.setattr(ray_session, "put", spy_put)
+    from fedsim.backend.ray_pool import LOAD_IN_TASK_BYTES
+
+    n = LOAD_IN_TASK_BYTES // (3 * 32 * 32) + 1  # just large enough for a task
+    cfg = tiny_config(
+        tmp_path,
+        "resources.num_actors=1",
+        "data.name=synthetic_cifar",
+        f"data.synthetic_train={n}",
+        "data.synthetic_test=10",
+        "data.num_clients=100",
+        "model.arch=cnn",
+    )
+    model = build_classifier(cfg, 10, (3, 32, 32)).model
+    layout = StateLayout.of(model)
+    with RayPool(cfg) as pool:
+        request = data_request(cfg)
+        assert request.approx_bytes() >= LOAD_IN_TASK_BYTES
+        data, part = pool.load(request)
+        expected, expected_part = load_data(cfg)
+        assert (data.x_train == expected.x_train).all()
+        assert (part.train.flat == expected_part.train.flat).all()
+        # mapped from the object store, not a copy in this process
+        assert not data.x_train.flags.writeable
+        pool.attach(data, part, layout)
+        payload = {MODEL: initial_state(model, layout)}
+        (result,) = pool.train([tiny_task(0)], payload, lambda _: {})
+        assert isinstance(result, ClientUpdate)
+        assert FederatedData not in put_types and Partition not in put_types
+        too_many = replace(request, spec=replace(request.spec, num_clients=n + 1))
+        with pytest.raises(DataError, match=f"num_clients={n + 1} exceeds"):
+            pool.load(too_many)  # the loader's own error, not a Ray traceback
