@@ -7,7 +7,9 @@ it never pays for importing torch.
 SIGINT (Ctrl-C) and SIGTERM (what ``ray job stop`` and schedulers send) do not
 kill a run mid-round: the round in flight finishes, a checkpoint is written,
 everything is released, and :class:`RunStopped` says how to resume. A second
-signal stops at once (the last checkpoint still holds).
+signal stops at once (the last checkpoint still holds). Runs driven in
+threads (``fedsim sweep``) stop the same way, each after its own round, when
+the main thread holds :func:`stop_on_signals`.
 
 Example
 -------
@@ -17,8 +19,10 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -74,27 +78,53 @@ class Run(Protocol):
         """Release everything (idempotent)."""
 
 
-class _Signals:
-    """SIGINT/SIGTERM set a flag the loop reads between rounds (main thread only)."""
+class _StopRequest:
+    """SIGINT/SIGTERM ask every run of this process to stop after its round.
+
+    Handlers can only be installed by the main thread: :func:`drive` installs
+    them for a run it drives there, :func:`stop_on_signals` around runs driven
+    in threads (a sweep), whose loops read the same request. A second signal
+    gets the previous handlers back: it stops at once.
+    """
 
     def __init__(self) -> None:
-        self.received: int | None = None
+        self.signum: int | None = None
+        self._depth = 0
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.received = signum
-        for sig, handler in self._previous.items():  # a second signal: at once
-            signal.signal(sig, handler)
-
-    def __enter__(self) -> _Signals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+        self.signum = signum
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # the main thread's handlers (if any) serve this thread's run
+            return
+        if self._depth == 0:
+            self.signum = None
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                for sig, handler in self._previous.items():
+                    signal.signal(sig, handler)
+                self._previous.clear()
+                self.signum = None
+
+
+_STOP = _StopRequest()
+stop_on_signals = _STOP.installed
+
+
+def stop_requested() -> int | None:
+    """The signal that asked this process's runs to stop, if one did."""
+    return _STOP.signum
 
 
 def drive(run: Run, cfg: Config) -> RunResult:
@@ -107,16 +137,16 @@ def drive(run: Run, cfg: Config) -> RunResult:
         round could not be completed.
     """
     try:
-        with Progress(cfg, run.next_round()) as progress, _Signals() as signals:
+        with Progress(cfg, run.next_round()) as progress, stop_on_signals():
             for _ in range(run.next_round(), cfg.rounds):
                 progress.update(run.step())
-                if signals.received is not None:
+                if (signum := stop_requested()) is not None:
                     run.checkpoint()
-                    name = signal.Signals(signals.received).name
+                    name = signal.Signals(signum).name
                     raise RunStopped(
                         f"stopped by {name} after round {run.next_round() - 1}",
                         run.run_dir,
-                        128 + signals.received,
+                        128 + signum,
                     )
         return run.finish()
     finally:

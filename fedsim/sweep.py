@@ -21,6 +21,11 @@ runs it with :func:`run_sweep` on the cluster it runs on, then writes the
 report. A grid over ``data.root`` or ``log.root`` is refused there: its values
 would be relative to the job's folder.
 
+SIGINT or SIGTERM (``fedsim stop`` of a sweep job) stops a sweep as it stops
+one run: each running run finishes its round and checkpoints, queued runs do
+not start, and :class:`SweepStopped` lists each stopped run's resume line and
+the runs never started.
+
 Example
 -------
 >>> [c.name for c in sweep_configs(None, ["rounds=1"], ["model.param=original,fedpara",
@@ -32,19 +37,20 @@ Example
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from fedsim.config import Config, ConfigError, load_config
 from fedsim.launch import absolute_dir
+from fedsim.loop import RunResult, RunStopped, stop_on_signals, stop_requested
 from fedsim.tracking import PROGRESS_ROW
 
 if TYPE_CHECKING:
     from fedsim.launch import BackendName
-    from fedsim.loop import RunResult
 
 PATH_KEYS = ("data.root", "log.root")
 """Keys whose relative values are taken from the current folder (see
@@ -144,16 +150,65 @@ def run_sweep(
     workers = max_concurrent if backend == "ray" else 1
     per_run = max(1, slots // min(workers, len(configs))) if slots else None
 
-    def one(index: int, cfg: Config, run_dir: Path | None) -> RunResult:
+    def one(index: int, cfg: Config, run_dir: Path | None) -> RunResult | None:
+        if stop_requested() is not None:
+            return None  # stopping: a queued run does not start
         PROGRESS_ROW.value = index  # this run's progress line
         if per_run is not None and cfg.resources.num_actors is None:
             size = min(per_run, cfg.server.clients_per_round)
             cfg = replace(cfg, resources=replace(cfg.resources, num_actors=size))
         return run_experiment(cfg, backend=backend, run_dir=run_dir)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    # SIGINT/SIGTERM: every running run finishes its round and checkpoints.
+    with stop_on_signals(), ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [
             pool.submit(one, i, cfg, run_dir)
             for i, (cfg, run_dir) in enumerate(zip(configs, dirs, strict=True))
         ]
-        return [f.result() for f in futures]
+        while wait(futures, timeout=0.5).not_done:
+            pass  # the main thread wakes up, so a signal's handler runs
+        signum = stop_requested()
+    errors = [f.exception() for f in futures]
+    for exc in errors:
+        if exc is not None and not isinstance(exc, RunStopped):
+            raise exc
+    results = [
+        None if exc else f.result() for f, exc in zip(futures, errors, strict=True)
+    ]
+    if all(isinstance(r, RunResult) for r in results):
+        return cast(list[RunResult], results)
+    raise SweepStopped(configs, results, errors, signum)
+
+
+class SweepStopped(RunStopped):
+    """Some runs of a sweep stopped (a signal, or a round that kept failing).
+
+    Says how to resume each stopped run and which runs never started.
+    """
+
+    def __init__(
+        self,
+        configs: Sequence[Config],
+        results: Sequence[RunResult | None],
+        errors: Sequence[BaseException | None],
+        signum: int | None,
+    ) -> None:
+        stopped = [e for e in errors if isinstance(e, RunStopped)]
+        done = sum(isinstance(r, RunResult) for r in results)
+        why = f"by {signal.Signals(signum).name}" if signum else "early"
+        lines = [f"sweep stopped {why}: {done} of {len(configs)} runs finished"]
+        lines += [
+            f"  {cfg.name}: {e}" for cfg, e in zip(configs, errors, strict=True) if e
+        ]
+        waiting = [
+            cfg.name
+            for cfg, r, e in zip(configs, results, errors, strict=True)
+            if r is None and e is None
+        ]
+        if waiting:
+            lines.append(f"  not started: {', '.join(waiting)}")
+        code = 128 + signum if signum else stopped[0].exit_code
+        super().__init__("\n".join(lines), None, code)
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,6 +1,6 @@
 """Describe a partition: JSON summary, label entropy and a clients x classes heatmap.
 
-Re-exported by :mod:`fedsim.data.partition`.
+Exported by :mod:`fedsim.data`.
 
 Example
 -------

@@ -160,3 +160,35 @@ def test_sigterm_on_ray_leaves_no_ray_process(tmp_path: Path) -> None:
         time.sleep(0.5)
     assert processes_marked(mark) == []
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+def test_sigterm_stops_a_sweep_resumably(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    cmd = [
+        sys.executable, "-m", "fedsim", "sweep", str(QUICKSTART),
+        "--grid", "model.gamma=0.3,0.5", "--backend", "local",
+        "--run-dir", str(first), "--run-dir", str(second),
+        "rounds=40", "data.num_clients=6", "server.clients_per_round=3",
+        "client.epochs=1", "log.progress=false", "log.checkpoint_every=100",
+        f"log.root={tmp_path}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_for_rows(first, 2, proc)  # the runs are driven in a worker thread
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "sweep stopped by SIGTERM: 0 of 2 runs finished" in err
+    assert f"resume with: fedsim run --resume {first}" in err
+    assert "not started: quickstart_0.5" in err
+    assert "Traceback" not in err and not second.exists()
+    done = len(read_metrics(first))
+    assert (first / "checkpoints" / "last.pt").is_file()  # written at the stop
+    finished = subprocess.run(
+        [sys.executable, "-m", "fedsim", "run", "--resume", str(first),
+         f"rounds={done + 1}", "--backend", "local"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert finished.returncode == 0, finished.stderr
+    assert [r["round"] for r in read_metrics(first)] == list(range(done + 1))
