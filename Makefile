@@ -34,6 +34,7 @@ pytest: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/imports.py
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/memory.py
 	$(BIN)/python benchmarks/lightning_api.py
