@@ -127,6 +127,9 @@ def start_ray(
     if address is None:
         # Read when Ray is imported: set it first (see also _node_ip_address).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Ray's default for a new local instance, said explicitly: the same
+        # token mode, without the warning Ray prints when the mode is unset.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():

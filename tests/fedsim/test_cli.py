@@ -104,6 +104,7 @@ def test_params_overrides_and_table(capsys: pytest.CaptureFixture[str]) -> None:
 def test_quickstart_end_to_end(tmp_path: Path) -> None:
     """What `make run` does: the quickstart on an embedded Ray, as a subprocess."""
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env.pop("RAY_AUTH_MODE", None)  # as on a fresh shell
     proc = subprocess.run(
         [
             sys.executable,
@@ -123,6 +124,8 @@ def test_quickstart_end_to_end(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "run directory:" in proc.stdout and "tensorboard --logdir" in proc.stdout
+    # no noise from Ray: the embedded instance's token mode is set explicitly
+    assert "WARNING" not in proc.stderr and "Token authentication" not in proc.stderr
     run_dir = Path(proc.stdout.split("run directory:")[1].split()[0])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["final_accuracy"] >= 0.85, summary
