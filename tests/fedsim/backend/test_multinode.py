@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from fedsim.experiment import checked_model, load_data, model_layout, run_experiment
+from fedsim.experiment import checked_model, model_layout, run_experiment
 from fedsim.tracking import read_metrics
 from tests.fixtures import tiny_config
 
@@ -73,12 +73,14 @@ def test_pool_spans_both_workers_four_per_gpu_one_data_copy_per_node(
     import ray
     from ray.experimental import get_object_locations
 
-    from fedsim.backend.ray_pool import RayPool
+    from fedsim.backend.ray_pool import LOAD_IN_TASK_BYTES, RayPool
+    from fedsim.experiment import data_request
 
+    images = LOAD_IN_TASK_BYTES // (3 * 32 * 32) + 1  # 64 MiB: loaded by a task
     cfg = tiny_config(
         tmp_path,
         "data.name=synthetic_cifar",
-        "data.synthetic_train=8000",  # 24.6 MB of images
+        f"data.synthetic_train={images}",
         "data.synthetic_test=100",
         "data.num_clients=8",
         "server.clients_per_round=8",
@@ -86,9 +88,12 @@ def test_pool_spans_both_workers_four_per_gpu_one_data_copy_per_node(
         "resources.gpus_per_client=0.25",
         "resources.cpus_per_client=1",
     )
-    data, part = load_data(cfg)
     workers = {n.node_id for n in cluster.worker_nodes}
-    with RayPool(cfg).attach(data, part, model_layout(cfg, checked_model(cfg))) as pool:
+    head = ray.get_runtime_context().get_node_id()
+    with RayPool(cfg) as pool:
+        # On the head, which has no CPU: the loader task asks for none.
+        data, part = pool.load(data_request(cfg))
+        pool.attach(data, part, model_layout(cfg, checked_model(cfg)))
         # (a) 8 actors: four on each worker's one GPU.
         placements = pool.placements()
         per_gpu = Counter((p["node_id"], tuple(p["gpu_ids"])) for p in placements)
@@ -96,11 +101,11 @@ def test_pool_spans_both_workers_four_per_gpu_one_data_copy_per_node(
         assert all(p["device"] == "cpu" for p in placements)  # no CUDA here
 
         # (b) the dataset: one object, one copy in each worker's object store
-        # (and the driver's, where it was put), and every actor reads it from
-        # its own node's shared memory rather than from a copy of its own.
-        data_ref = pool._refs[0]  # what attach() put: (data, partition, layout)
+        # (and the driver's, where the loader task wrote it), and every actor
+        # reads it from its own node's shared memory rather than from a copy.
+        data_ref = pool._refs[0]  # what attach() shares: (data, partition, layout)
         located = get_object_locations([data_ref])[data_ref]
-        assert workers <= set(located["node_ids"])
+        assert workers | {head} == set(located["node_ids"])
         assert len(located["node_ids"]) == len(set(located["node_ids"]))
         ray.get([a.touch_data.remote() for a in pool.actors])
         stores: dict[str, set[str]] = {node: set() for node in workers}
