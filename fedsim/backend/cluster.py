@@ -127,9 +127,6 @@ def start_ray(
     if address is None:
         # Read when Ray is imported: set it first (see also _node_ip_address).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        # Ray's default for a new local instance, said explicitly: the same
-        # token mode, without the warning Ray prints when the mode is unset.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
@@ -137,18 +134,34 @@ def start_ray(
     if address:
         ray.init(address=address, log_to_driver=True)
         return True
-    ray.init(
-        # "local": always a new instance; a bare ray.init() would try to join
-        # the last `ray start` cluster recorded in /tmp/ray, even a dead one.
-        address="local",
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        include_dashboard=False,
-        _node_ip_address=LOOPBACK,
-        logging_level=logging.WARNING,
-        configure_logging=True,
-    )
+    # Ray turns token auth on for a new local instance and warns about it each
+    # time; this one listens on loopback only, so the notice is noise here.
+    notices = logging.getLogger(_TOKEN_NOTICE_LOGGER)
+    notices.addFilter(_quiet_default_token_notice)
+    try:
+        ray.init(
+            # "local": always a new instance; a bare ray.init() would try to
+            # join the last `ray start` cluster recorded in /tmp/ray, even a
+            # dead one.
+            address="local",
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            _node_ip_address=LOOPBACK,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
+    finally:
+        notices.removeFilter(_quiet_default_token_notice)
     return True
+
+
+_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _quiet_default_token_notice(record: logging.LogRecord) -> bool:
+    """Drop Ray's notice that token auth is on by default; keep the rest."""
+    return "Token authentication is enabled for this Ray cluster" not in str(record.msg)
 
 
 def stop_ray() -> None:
