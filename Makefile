@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Keep every Ray process this project starts on loopback (see README, "Ray on 127.0.0.1").
+# Keep every Ray process this project starts on loopback (see README, "Development"):
+# Ray reads this when imported and otherwise advertises the machine's network address.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export PYTHONUNBUFFERED := 1
 
