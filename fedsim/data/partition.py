@@ -297,13 +297,13 @@ def _own_tests(
                 f"indices into the test split; pass FederatedData.test_users"
             )
         tests.append(np.sort(idx.astype(np.int64)))
-    every = np.concatenate([np.zeros(0, np.int64), *tests])
-    if len(np.unique(every)) != len(every):
+    packed = ClientIndices.of(tests)  # its flat array: every client's examples
+    if len(np.unique(packed.flat)) != len(packed.flat):
         raise DataError(
             "a test example belongs to two users in test_users; pass "
             "FederatedData.test_users from load_dataset"
         )
-    return ClientIndices.of(tests)
+    return packed
 
 
 def _carve_test(
