@@ -28,12 +28,14 @@ from torch import Tensor
 
 from fedsim.config import Config
 from fedsim.data import FederatedData, Partition
+from fedsim.data.batches import Batch, BatchPlan, client_batches
 from fedsim.data.transforms import prepare_batch
 from fedsim.messages import LOCAL, MODEL, Channels, ClientTask, ClientUpdate, EvalResult
 from fedsim.model import build_backbone
-from fedsim.params import StateLayout, Tensors
+from fedsim.params import StateLayout, Tensors, moved
+from fedsim.train_step import StepEngine, apply_numeric_policy
 from lightning_modules.classifier import Classifier
-from lightning_modules.layers import local_state_names
+from lightning_modules.layers import composed_once, local_state_names
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +84,15 @@ class ClientRunner:
         self.layout = layout
         res = cfg.resources
         torch.set_num_threads(max(1, int(res.cpus_per_client)))
+        apply_numeric_policy(res)
         self.device = pick_device(res.gpus_per_client)
-        if (
-            self.device.type == "cuda"
-            and res.cap_gpu_memory
-            and res.gpus_per_client < 1
-        ):
-            # One client may not starve the others sharing the GPU.
-            torch.cuda.set_per_process_memory_fraction(res.gpus_per_client, 0)
+        self._memory_budget = 0  # bytes of device memory this worker may use
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            self._memory_budget = int(total * min(res.gpus_per_client, 1.0))
+            if res.cap_gpu_memory and res.gpus_per_client < 1:
+                # One client may not starve the others sharing the GPU.
+                torch.cuda.set_per_process_memory_fraction(res.gpus_per_client, 0)
         precision = res.precision
         if self.device.type == "cpu" and precision == "16-mixed":
             precision = "bf16-mixed"  # fp16 autocast needs CUDA
@@ -104,6 +107,10 @@ class ClientRunner:
             )
         optimizer = self.module.configure_optimizers()
         self.wrapped, self.optimizer = self.fabric.setup(self.module, optimizer)
+        self.engine = StepEngine(
+            self.module, self.fabric, self.wrapped, self.optimizer, self.device, res
+        )
+        self._test_shard: tuple[tuple[int, int], Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ training
 
@@ -112,44 +119,41 @@ class ClientRunner:
     ) -> ClientUpdate:
         """Train client ``task.client_id`` from ``payload`` and its kept state."""
         t0 = time.perf_counter()
+        hp, info = task.hparams, self.data.info
         model_in = payload.get(MODEL, {})
         self._load(model_in, kept.get(LOCAL, self._initial_local))
         indices = self.partition.train[task.client_id]
-        x_all = torch.from_numpy(np.ascontiguousarray(self.data.x_train[indices]))
-        y_all = torch.from_numpy(np.ascontiguousarray(self.data.y_train[indices]))
+        x_all, y_all = self._on_device(self.data.x_train, self.data.y_train, indices)
+        algo = copy.copy(task.algorithm)  # hooks may keep per-client attributes
+        # Capture draws random numbers: before the client's generators are seeded.
+        captured = self.engine.prepare(hp, algo, self._example(hp.batch_size))
         gen = torch.Generator().manual_seed(task.seed)
         torch.manual_seed(task.seed)  # dropout and anything else drawing globally
-        hp = task.hparams
-        for group in self.optimizer.param_groups:
-            group.update(lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-        self.optimizer.state.clear()  # fresh SGD momentum per client
+        plan = BatchPlan.draw(
+            len(indices),
+            batch_size=hp.batch_size,
+            epochs=hp.epochs,
+            generator=gen,
+            augment=info.augment and not info.integer_inputs,
+        )
+        self.engine.begin(hp, captured)
         self.module.train()
         params = {
             name: p
             for name, p in self.module.model.named_parameters()
             if name in model_in
         }
-        algo = copy.copy(task.algorithm)  # hooks may keep per-client attributes
         algo.begin(params, payload, kept)
-        n, steps = len(indices), 0
-        loss_sum = torch.zeros((), device=self.device)
-        for _ in range(hp.epochs):
-            loss_sum.zero_()
-            order = torch.randperm(n, generator=gen)
-            for start in range(0, n, hp.batch_size):
-                idx = order[start : start + hp.batch_size]
-                x = prepare_batch(x_all[idx], self.data.info, train=True, generator=gen)
-                batch = (x.to(self.device), y_all[idx].to(self.device))
-                self.optimizer.zero_grad(set_to_none=True)
-                # Calling training_step directly bypasses the wrapper's forward,
-                # so mixed precision has to be entered here.
-                with self.fabric.autocast():
-                    loss = self.wrapped.training_step(batch, start)
-                self.fabric.backward(algo.loss(params, loss))
-                algo.after_backward(params)
-                self.optimizer.step()
-                loss_sum += loss.detach() * len(idx)
-                steps += 1
+        loss_sum = self.engine.loss_sum  # of the last epoch, on the device
+        steps = 0
+        batches = client_batches(x_all, y_all, info, plan, pad=self.engine.padded)
+        for batch in batches:
+            if batch.first:
+                loss_sum.zero_()
+            self.engine.step(batch, params, algo, captured)
+            steps += 1
+        n = len(indices)
+        train_loss = float(loss_sum) / max(n, 1)  # the round's one host sync
         glob, loc = self.layout.split(self.module.model.state_dict())
         extra_up, extra_keep = algo.end(params, steps, hp.lr)
         upload = {MODEL: glob, **extra_up} if MODEL in payload else dict(extra_up)
@@ -159,13 +163,42 @@ class ClientRunner:
             upload=upload,
             keep=keep,
             num_examples=n,
-            train_loss=float(loss_sum) / max(n, 1),  # of the last epoch
+            train_loss=train_loss,
             train_seconds=time.perf_counter() - t0,
+            steps=steps,
+            setup_seconds=self.engine.take_setup_seconds(),
         )
 
     def _load(self, glob: Mapping[str, Tensor], local: Mapping[str, Tensor]) -> None:
+        state = {**glob, **local}
+        if self.device.type != "cpu":  # one host-to-device copy per dtype
+            state = moved(state, self.device)
         # strict: a payload that does not match the model is this client's failure
-        self.module.model.load_state_dict({**glob, **local}, strict=True)
+        self.module.model.load_state_dict(state, strict=True)
+
+    def _on_device(
+        self, x: np.ndarray, y: np.ndarray, indices: Sequence[int] | np.ndarray
+    ) -> tuple[Tensor, Tensor]:
+        """Rows ``indices`` of ``x`` and ``y`` as tensors on the training device.
+
+        A copy, gathered on the host and moved in one transfer per array: the
+        arrays may be read-only views of Ray's shared memory.
+        """
+        idx = np.asarray(indices)
+        xs = torch.from_numpy(np.ascontiguousarray(x[idx]))
+        ys = torch.from_numpy(np.ascontiguousarray(y[idx]))
+        return xs.to(self.device), ys.to(self.device)
+
+    def _example(self, batch_size: int) -> Batch:
+        """A padded batch of the model's input shape (for capturing the step)."""
+        info = self.data.info
+        dtype = torch.long if info.integer_inputs else torch.float32
+        x = torch.zeros(
+            (batch_size, *info.input_shape), dtype=dtype, device=self.device
+        )
+        y = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        weight = torch.full((batch_size,), 1.0 / batch_size, device=self.device)
+        return Batch(x, y, weight, batch_size)
 
     # ---------------------------------------------------------------- evaluation
 
@@ -187,9 +220,8 @@ class ClientRunner:
         i, n = shard
         total = len(self.data.y_test)
         lo, hi = total * i // n, total * (i + 1) // n
-        return self._score(
-            self.data.x_test, self.data.y_test, range(lo, hi), batch_size
-        )
+        x, y = self._test_rows(lo, hi)
+        return self._score(x, y, batch_size)
 
     @torch.no_grad()
     def evaluate_client(
@@ -210,32 +242,41 @@ class ClientRunner:
             x, y = self.data.x_test, self.data.y_test
         else:
             x, y = self.data.x_train, self.data.y_train
-        return self._score(x, y, indices, batch_size)
+        return self._score(*self._on_device(x, y, indices), batch_size)
 
-    def _score(
-        self,
-        x_all: np.ndarray,
-        y_all: np.ndarray,
-        indices: Sequence[int] | np.ndarray | range,
-        batch_size: int,
-    ) -> EvalResult:
-        """Summed loss and correct count of the examples at ``indices``.
+    def _test_rows(self, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        """Rows ``[lo, hi)`` of the test split on the device.
 
+        On a GPU they stay there between evaluations (an actor evaluates the
+        same shard every round) when they take at most a tenth of the slice.
+        """
+        cached = self._test_shard
+        if cached is not None and cached[0] == (lo, hi):
+            return cached[1], cached[2]
+        x, y = self._on_device(self.data.x_test, self.data.y_test, range(lo, hi))
+        if x.is_cuda and x.nbytes + y.nbytes <= self._memory_budget // 10:
+            self._test_shard = ((lo, hi), x, y)
+        return x, y
+
+    def _score(self, x_all: Tensor, y_all: Tensor, batch_size: int) -> EvalResult:
+        """Summed loss and correct count of the examples ``x_all``, ``y_all``.
+
+        Every factorized weight is composed once for the whole evaluation.
         Accuracy comes from the LightningModule's torchmetrics metric.
         """
         self.module.eval()
         accuracy = self.module.val_accuracy
         accuracy.reset()
         loss_sum = torch.zeros((), device=self.device)
-        count = len(indices)
-        for start in range(0, count, batch_size):
-            idx = indices[start : start + batch_size]
-            # A copy: the arrays may be read-only views of Ray's shared memory.
-            x = torch.tensor(x_all[idx])
-            y = torch.tensor(y_all[idx]).to(self.device)
-            x = prepare_batch(x, self.data.info, train=False).to(self.device)
-            with self.fabric.autocast():
-                loss_sum += self.module.validation_step((x, y), start)
+        count = len(y_all)
+        with composed_once(self.module.model):
+            for start in range(0, count, batch_size):
+                y = y_all[start : start + batch_size]
+                x = prepare_batch(
+                    x_all[start : start + batch_size], self.data.info, train=False
+                )
+                with self.fabric.autocast():
+                    loss_sum += self.module.validation_step((x, y), start)
         correct = round(float(accuracy.compute()) * count) if count else 0
         return EvalResult(float(loss_sum), correct, count)
 

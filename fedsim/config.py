@@ -44,6 +44,8 @@ StrategyName = Literal[
 ]
 Evaluate = Literal["auto", "global", "personal", "both"]
 Precision = Literal["32-true", "16-mixed", "bf16-mixed"]
+CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
+MatmulPrecision = Literal["highest", "high", "medium"]
 
 
 class ConfigError(ValueError):
@@ -143,6 +145,18 @@ class ResourcesConfig:
     # How long the pool's reservation (and, with no actor left, a replacement)
     # may wait for the cluster before the run is refused or the tasks fail.
     placement_timeout_s: float = 60.0
+    # The training step (README "GPU speed"): torch.compile mode of the step
+    # (off: eager), and whether to capture the whole step in one CUDA graph.
+    compile: CompileMode = "off"
+    cuda_graph: bool = False
+    # None: torch's default cache (node-local /tmp); compiled kernels are
+    # shared by every actor of a node and reused by a resumed run.
+    compile_cache_dir: str | None = None
+    # The numeric policy, recorded with the run: float32 matmuls and convs in
+    # full precision (highest), TF32 (high) or bf16 passes (medium); cuDNN's
+    # autotuner picks the fastest convolution per shape (not bit-reproducible).
+    matmul_precision: MatmulPrecision = "highest"
+    cudnn_benchmark: bool = False
 
 
 @dataclass(frozen=True)
@@ -353,6 +367,19 @@ def _validate_resources(cfg: Config) -> None:
         r.placement_timeout_s > 0,
         "resources.placement_timeout_s",
         f"must be > 0 seconds, got {r.placement_timeout_s}",
+    )
+    _check(
+        not (r.cuda_graph and r.compile == "reduce-overhead"),
+        "resources.cuda_graph",
+        "compile=reduce-overhead already captures the forward and backward "
+        "passes in CUDA graphs; use cuda_graph=true with compile=off or "
+        "compile=default (the whole step in one graph)",
+    )
+    _check(
+        not (r.cuda_graph and r.precision == "16-mixed"),
+        "resources.cuda_graph",
+        "fp16 loss scaling reads the gradients back to the host every step, "
+        "which a CUDA graph cannot hold; use precision=bf16-mixed or 32-true",
     )
 
 

@@ -68,6 +68,9 @@ class RoundOutcome:
     up: dict[int, int] = field(default_factory=dict)
     up_by_channel: dict[str, int] = field(default_factory=dict)
     losses: list[tuple[float, int]] = field(default_factory=list)
+    train_seconds: float = 0.0  # summed over the clients
+    setup_seconds: float = 0.0
+    steps: int = 0
 
     def train_loss(self) -> float | None:
         """Example-weighted mean of the clients' training losses."""
@@ -160,7 +163,9 @@ class Driver:
             raise RoundFailed(r, len(cohort), self.min_clients, attempt + 1, outcome)
         new_global, strategy_state = aggregated
         # --- evaluate -------------------------------------------------------
+        t_eval = time.perf_counter()
         evaluation = self._evaluate(r, new_global)
+        eval_seconds = time.perf_counter() - t_eval
         # --- account and log --------------------------------------------------
         ledger = state.ledger.record(traffic)
         by_channel = {
@@ -179,6 +184,10 @@ class Driver:
             num_failed=len(cohort) - len(outcome.up),
             lr=plan.hparams.lr,
             round_seconds=time.perf_counter() - t0,
+            eval_seconds=eval_seconds,
+            train_seconds=outcome.train_seconds,
+            setup_seconds=outcome.setup_seconds,
+            steps=outcome.steps,
             started_at=started_at,
         )
         self.tracker.log_round(metrics, traffic)
@@ -254,6 +263,9 @@ class Driver:
         for ch, n in sizes.items():
             outcome.up_by_channel[ch] = outcome.up_by_channel.get(ch, 0) + n
         outcome.losses.append((update.train_loss, update.num_examples))
+        outcome.train_seconds += update.train_seconds
+        outcome.setup_seconds += update.setup_seconds
+        outcome.steps += update.steps
         if update.keep:
             self.store.put(update.client_id, server_round, update.keep)
 

@@ -70,6 +70,13 @@ class ClientUpdate:
         Per-client state that never travels (namespaced, see module docstring).
     num_examples
         Training examples the client used (the FedAvg weight).
+    train_seconds
+        Wall seconds of the client's ``train`` call on its worker.
+    steps
+        Optimizer steps the client took.
+    setup_seconds
+        Of ``train_seconds``, the time spent compiling or capturing the
+        training step (the first client of a worker, or a changed shape).
     """
 
     client_id: int
@@ -77,6 +84,8 @@ class ClientUpdate:
     num_examples: int
     train_loss: float
     train_seconds: float
+    steps: int = 0
+    setup_seconds: float = 0.0
     keep: Channels = field(default_factory=dict)
 
 

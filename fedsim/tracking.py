@@ -43,7 +43,17 @@ SCALARS = (
     "num_failed",
     "lr",
     "round_seconds",
+    "eval_seconds",
+    "setup_seconds",
 )
+
+
+TIMING = frozenset(
+    {"round_seconds", "eval_seconds", "train_seconds", "setup_seconds", "started_at"}
+)
+"""The fields of a metrics row that are wall-clock measurements: everything else
+in a row is a pure function of the config (what a resumed or re-run run repeats
+exactly)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +80,13 @@ class RoundMetrics:
     num_failed: int
     lr: float
     round_seconds: float
+    # Of round_seconds, the evaluation's part; train_seconds is the clients'
+    # own time summed (they overlap across workers), setup_seconds its share
+    # spent compiling or capturing the training step, steps their steps.
+    eval_seconds: float = 0.0
+    train_seconds: float = 0.0
+    setup_seconds: float = 0.0
+    steps: int = 0
     started_at: float  # unix time at the start of the round
 
     @staticmethod
@@ -235,6 +252,11 @@ class Progress:
             position=getattr(PROGRESS_ROW, "value", None),
         )
         self._shown: dict[str, str] = {}
+        self._setup = 0.0
+        r = cfg.resources
+        if r.compile != "off" or r.cuda_graph:
+            # The first round also compiles (or captures) every worker's step.
+            self._bar.set_postfix_str("compiling the training step")
 
     def update(self, metrics: RoundMetrics) -> None:
         """Advance one round (accuracies shown as of the last evaluation)."""
@@ -243,11 +265,14 @@ class Progress:
             self._shown["acc"] = f"{metrics.accuracy:.4f}"
         if metrics.personal_accuracy is not None:
             self._shown["personal"] = f"{metrics.personal_accuracy:.4f}"
+        self._setup += metrics.setup_seconds
         shown = {
             **self._shown,
             "GB": f"{metrics.cumulative_bytes / 1e9:.3f}",
             "failed": metrics.num_failed,
         }
+        if self._setup:
+            shown["compile_s"] = f"{self._setup:.1f}"
         self._bar.set_postfix(shown)
 
     def __enter__(self) -> Progress:

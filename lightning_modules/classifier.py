@@ -52,15 +52,31 @@ class Classifier(pl.LightningModule):
         self.momentum = momentum
         self.weight_decay = weight_decay
         # Test-split accuracy of the global model (the client's evaluation).
-        self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # validate_args=False: the checks read values back to the host (a
+        # device sync per batch); the labels come from a checked dataset.
+        self.val_accuracy = MulticlassAccuracy(
+            num_classes=num_classes, average="micro", validate_args=False
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """Return logits (B, num_classes)."""
         out: Tensor = self.model(x)
         return out
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """Mean cross-entropy of one batch."""
+    def training_step(
+        self,
+        batch: tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor],
+        batch_idx: int,
+    ) -> Tensor:
+        """Mean cross-entropy of one batch, or its weighted sum.
+
+        A batch ``(x, y, weight)`` gives ``sum(weight * ce)``: a padded batch
+        whose real rows weigh ``1 / rows`` and whose filler rows weigh 0 has
+        the loss (and gradients) of its real rows alone.
+        """
+        if len(batch) == 3:
+            x, y, weight = batch
+            return (F.cross_entropy(self(x), y, reduction="none") * weight).sum()
         x, y = batch
         return F.cross_entropy(self(x), y)
 

@@ -13,10 +13,8 @@ from fedsim.checkpoint import load_checkpoint
 from fedsim.config import ConfigError
 from fedsim.experiment import Experiment, run_experiment
 from fedsim.state import ClientStateStore
-from fedsim.tracking import read_metrics
+from fedsim.tracking import TIMING, read_metrics
 from tests.fixtures import tiny_config
-
-TIMING = {"round_seconds", "started_at"}
 
 
 def rows_without_timing(run_dir: Path) -> list[dict[str, object]]:

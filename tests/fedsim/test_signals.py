@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.tracking import read_metrics
+from fedsim.tracking import TIMING, read_metrics
 from tests.fixtures import QUICKSTART, REPO
 
 # Whole `fedsim run` processes, killed and resumed: end to end, so slow.
 pytestmark = pytest.mark.slow
-
-TIMING = {"round_seconds", "started_at"}
 
 
 def start_run(tmp_path: Path, *args: str, mark: str = "") -> subprocess.Popen[str]:

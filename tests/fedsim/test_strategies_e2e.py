@@ -13,10 +13,8 @@ from fedsim.cli import main
 from fedsim.config import load_config
 from fedsim.experiment import run_experiment
 from fedsim.strategy import STRATEGIES
-from fedsim.tracking import read_metrics
+from fedsim.tracking import TIMING, read_metrics
 from tests.fixtures import QUICKSTART, REPO, TINY
-
-TIMING = {"round_seconds", "started_at"}
 
 
 def cli_run(tmp_path: Path, name: str, *overrides: str) -> Path:
