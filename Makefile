@@ -53,7 +53,7 @@ results: $(STAMP)
 	    data.partition=dirichlet data.alpha=0.5 model.gamma=0.1 rounds=60 \
 	    --target 0.9 --out $(RESULTS)/dirichlet $(RESULTS_RUN)
 	$(BIN)/fedsim compare configs/personalization/quickstart_fedavg.yaml \
-	    name=digits_shards --variants fedavg,fedper,pfedpara,local --target 0.85 \
+	    name=digits_shards --variants fedavg,fedper,pfedpara,local_only --target 0.85 \
 	    --out $(RESULTS)/personalization $(RESULTS_RUN)
 
 clean:

@@ -34,6 +34,7 @@ import torch
 from fedsim.config import load_config
 from fedsim.data import dataset_info
 from fedsim.data.transforms import prepare_batch
+from fedsim.model import worker_spec
 
 CUDA = torch.cuda.is_available()
 SMALL = [
@@ -73,9 +74,10 @@ def check_transforms() -> dict[str, Any]:
 def check_runner() -> dict[str, Any]:
     from fedsim.client import ClientRunner
     from fedsim.driver import client_seed
-    from fedsim.experiment import checked_model, load_data, model_layout
     from fedsim.messages import MODEL, ClientHParams, ClientTask
+    from fedsim.model import checked_model
     from fedsim.params import initial_state
+    from fedsim.strategy import state_layout
 
     out: dict[str, Any] = {}
     for precision in ("32-true", "bf16-mixed", "16-mixed"):
@@ -87,9 +89,9 @@ def check_runner() -> dict[str, Any]:
                 f"resources.precision={precision}",
             ],
         )
-        data, part = load_data(cfg)
-        layout = model_layout(cfg, checked_model(cfg))
-        runner = ClientRunner(cfg, data, part, layout)
+        data, part = cfg.data_request()()
+        layout = state_layout(cfg, checked_model(cfg))
+        runner = ClientRunner(worker_spec(cfg), data, part, layout)
         payload = {MODEL: initial_state(runner.module.model, layout)}
         task = ClientTask(
             client_id=0,
@@ -132,13 +134,10 @@ def check_runner() -> dict[str, Any]:
 def check_ray(out_dir: Path) -> dict[str, Any]:
     import ray
 
-    from fedsim.backend.ray_pool import RayPool, start_ray
-    from fedsim.experiment import (
-        checked_model,
-        load_data,
-        model_layout,
-        run_experiment,
-    )
+    from fedsim.backend.ray_pool import pool_for, start_ray
+    from fedsim.experiment import run_experiment
+    from fedsim.model import checked_model
+    from fedsim.strategy import state_layout
 
     result: dict[str, Any] = {}
     gpus = torch.cuda.device_count() if CUDA else 2  # declared GPUs on a CPU machine
@@ -149,9 +148,9 @@ def check_ray(out_dir: Path) -> dict[str, Any]:
             None,
             [*SMALL, "resources.gpus_per_client=0.25", "resources.cpus_per_client=1"],
         )
-        data, part = load_data(cfg)
-        layout = model_layout(cfg, checked_model(cfg))
-        with RayPool(cfg).attach(data, part, layout) as pool:
+        data, part = cfg.data_request()()
+        layout = state_layout(cfg, checked_model(cfg))
+        with pool_for(cfg).attach(data, part, layout) as pool:
             placements = pool.placements()
         result["placements"] = [
             {k: p[k] for k in ("gpu_ids", "cuda_visible_devices", "device")}

@@ -100,9 +100,12 @@ def log(msg: str) -> None:
 
 
 def use_tiny_widths() -> None:
-    """Every VGG16 channel count / 16 (same ops, almost no compute)."""
+    """Every VGG16 channel count / 16 (same ops, almost no compute); once."""
     import lightning_modules.models as models
 
+    if getattr(models, "_tiny_widths", False):
+        return
+    models._tiny_widths = True  # type: ignore[attr-defined]
     models._VGG16_CFG = tuple(  # type: ignore[attr-defined]
         v if isinstance(v, str) else max(4, v // 16)
         for v in models._VGG16_CFG  # type: ignore[attr-defined]
@@ -409,7 +412,20 @@ def fedsim_client(
     from fedsim.client import ClientRunner
     from fedsim.config import load_config
     from fedsim.driver import client_seed
-    from fedsim.experiment import checked_model, load_data, model_layout
+
+    try:  # this tree
+        from fedsim.model import checked_model
+        from fedsim.strategy import state_layout as model_layout
+
+        def load_data(cfg: Any) -> Any:
+            return cfg.data_request()()
+
+    except ImportError:  # an earlier tree (--baseline)
+        from fedsim.experiment import (  # type: ignore[attr-defined,no-redef]
+            checked_model,
+            load_data,
+            model_layout,
+        )
     from fedsim.messages import MODEL, ClientHParams, ClientTask
     from fedsim.params import initial_state
 
@@ -420,7 +436,12 @@ def fedsim_client(
     )
     data, part = load_data(cfg)
     layout = model_layout(cfg, checked_model(cfg))
-    runner = ClientRunner(cfg, data, part, layout)
+    try:  # this tree; an earlier one (--baseline) took the whole config
+        from fedsim.model import worker_spec
+
+        runner = ClientRunner(worker_spec(cfg), data, part, layout)
+    except ImportError:
+        runner = ClientRunner(cfg, data, part, layout)
     payload = {MODEL: initial_state(runner.module.model, layout)}
     hp = ClientHParams(lr=0.1, epochs=w.epochs, batch_size=w.batch)
 
@@ -762,8 +783,13 @@ def main() -> None:
         save()
     if "proxies" in parts:
         with part("proxies", report):
-            # A subprocess: tiny widths patch the model zoo of its process only.
-            report["proxies"] = proxies_in_subprocess(args.smoke)
+            # Tiny widths patch the model zoo of the process: a subprocess keeps
+            # them from the client part's full widths (the smoke mode is tiny
+            # throughout, so it measures here).
+            if args.smoke:
+                report["proxies"] = proxies_tiny(smoke=True)
+            else:
+                report["proxies"] = proxies_in_subprocess(args.smoke)
         save()
     if w.tiny:
         use_tiny_widths()

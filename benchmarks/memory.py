@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ray
 
-from fedsim.backend.ray_pool import RayPool, start_ray
+from fedsim.backend.ray_pool import pool_for, start_ray
 from fedsim.config import load_config
-from fedsim.experiment import checked_model, load_data, model_layout
+from fedsim.model import checked_model
+from fedsim.strategy import state_layout
 
 ACTORS = (1, 2, 4)
 
@@ -64,9 +65,9 @@ def measure(n_train: int, actors: int, private_copy: bool = False) -> dict[str, 
             "log.progress=false",
         ],
     )
-    data, part = load_data(cfg)
-    layout = model_layout(cfg, checked_model(cfg))
-    with RayPool(cfg).attach(data, part, layout) as pool:
+    data, part = cfg.data_request()()
+    layout = state_layout(cfg, checked_model(cfg))
+    with pool_for(cfg).attach(data, part, layout) as pool:
         ray.get([a.touch_data.remote(private_copy) for a in pool.actors])
         pids = [p["pid"] for p in pool.placements()]
         mem = memory_of(pids)

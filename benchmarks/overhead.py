@@ -52,13 +52,12 @@ def plain_loop(rounds: int) -> dict[str, float]:
     """The same rounds as fedsim, written as the shortest honest PyTorch loop."""
     from fedsim.data.transforms import prepare_batch
     from fedsim.driver import client_seed, sample_cohort
-    from fedsim.experiment import load_data
     from fedsim.model import model_spec
     from lightning_modules.models import build_model
 
     t_start = time.perf_counter()
     cfg = load_config(None, OVERRIDES)
-    data, part = load_data(cfg)
+    data, part = cfg.data_request()()
     info = data.info
     torch.manual_seed(cfg.seed)
     model = build_model(model_spec(cfg, info.num_classes, info.input_shape))

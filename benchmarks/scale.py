@@ -257,11 +257,10 @@ def load_seconds(clients: int, per_client: int) -> float:
 
 def _load(clients: int, per_client: int) -> float:
     from fedsim.config import load_config
-    from fedsim.experiment import load_data
 
     cfg = load_config(None, overrides(clients, per_client, 1))
     t0 = time.perf_counter()
-    load_data(cfg)
+    cfg.data_request()()
     return time.perf_counter() - t0
 
 

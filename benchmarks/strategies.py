@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=["local", "ray"], default="local")
     args = parser.parse_args()
     if args.backend == "ray":
-        from fedsim.backend.ray_pool import start_ray
+        from fedsim.backend.cluster import start_ray
 
         start_ray(None)
     root = tempfile.mkdtemp(prefix="fedsim-strategies-")
@@ -55,8 +55,8 @@ def main() -> None:
         wall = time.perf_counter() - t0
         print(
             f"| {path.relative_to(CONFIGS)} | {cfg.server.strategy} "
-            f"| {cfg.model.param} | {fmt(s['final_accuracy'])} "
-            f"| {fmt(s['final_personal_accuracy'])} | {s['total_bytes'] / 1e9:.4f} "
+            f"| {cfg.model.param} | {fmt(s.final_accuracy)} "
+            f"| {fmt(s.final_personal_accuracy)} | {s.total_bytes / 1e9:.4f} "
             f"| {wall:.1f} |",
             flush=True,
         )

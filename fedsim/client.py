@@ -15,37 +15,35 @@ batches long.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from lightning.fabric import Fabric
 from torch import Tensor
 
-from fedsim.config import Config
+from fedsim.algorithm import AlgoState, local_training
 from fedsim.data import FederatedData, Partition
 from fedsim.data.batches import Batch, BatchPlan, client_batches
 from fedsim.data.transforms import prepare_batch
 from fedsim.messages import LOCAL, MODEL, Channels, ClientTask, ClientUpdate, EvalResult
-from fedsim.model import build_backbone
+from fedsim.model import WorkerSpec, seeded_model
 from fedsim.params import StateLayout, Tensors, moved
 from fedsim.train_step import StepEngine, apply_numeric_policy
 from lightning_modules.classifier import Classifier
 from lightning_modules.layers import composed_once, local_state_names
+from lightning_modules.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 
-def build_classifier(
-    cfg: Config, num_classes: int, input_shape: tuple[int, ...]
-) -> Classifier:
-    """The config's backbone (seeded) inside the Lightning classifier."""
+def build_classifier(spec: ModelSpec, seed: int) -> Classifier:
+    """``spec``'s backbone, drawn from ``seed``, inside the Lightning classifier."""
     # lr, momentum and weight decay are set per task (they travel with it).
-    return Classifier(build_backbone(cfg, num_classes, input_shape), num_classes)
+    return Classifier(seeded_model(spec, seed), spec.num_classes)
 
 
 def pick_device(gpus_per_client: float) -> torch.device:
@@ -60,9 +58,9 @@ class ClientRunner:
 
     Parameters
     ----------
-    cfg
-        The experiment config (model, seed and resources are read here; the
-        training settings travel with each task).
+    worker
+        The model, the run's seed and this worker's resources (the training
+        settings travel with each task).
     data
         The dataset arrays (read-only, possibly shared zero-copy via Ray).
     partition
@@ -74,7 +72,7 @@ class ClientRunner:
 
     def __init__(
         self,
-        cfg: Config,
+        worker: WorkerSpec,
         data: FederatedData,
         partition: Partition,
         layout: StateLayout,
@@ -82,7 +80,7 @@ class ClientRunner:
         self.data = data
         self.partition = partition
         self.layout = layout
-        res = cfg.resources
+        res = worker.resources
         torch.set_num_threads(max(1, int(res.cpus_per_client)))
         apply_numeric_policy(res)
         self.device = pick_device(res.gpus_per_client)
@@ -96,8 +94,7 @@ class ClientRunner:
         precision = res.precision
         if self.device.type == "cpu" and precision == "16-mixed":
             precision = "bf16-mixed"  # fp16 autocast needs CUDA
-        info = data.info
-        self.module = build_classifier(cfg, info.num_classes, info.input_shape)
+        self.module = build_classifier(worker.model, worker.seed)
         _, self._initial_local = layout.split(self.module.model.state_dict())
         self._global_view_local = _global_view(self.module.model, self._initial_local)
         with warnings.catch_warnings():
@@ -117,47 +114,58 @@ class ClientRunner:
     def train(
         self, task: ClientTask, payload: Channels, kept: Channels
     ) -> ClientUpdate:
-        """Train client ``task.client_id`` from ``payload`` and its kept state."""
+        """Train client ``task.client_id`` from ``payload`` and its kept state.
+
+        ``payload`` is the round's shared payload; ``task.payload`` adds the
+        client's own channels.
+        """
         t0 = time.perf_counter()
-        hp, info = task.hparams, self.data.info
+        hp, info, algo = task.hparams, self.data.info, task.algorithm
+        payload = {**payload, **task.payload}
         model_in = payload.get(MODEL, {})
         self._load(model_in, kept.get(LOCAL, self._initial_local))
         indices = self.partition.train[task.client_id]
         x_all, y_all = self._on_device(self.data.x_train, self.data.y_train, indices)
-        algo = copy.copy(task.algorithm)  # hooks may keep per-client attributes
-        # Capture draws random numbers: before the client's generators are seeded.
-        captured = self.engine.prepare(hp, algo, self._example(hp.batch_size))
-        gen = torch.Generator().manual_seed(task.seed)
-        torch.manual_seed(task.seed)  # dropout and anything else drawing globally
-        plan = BatchPlan.draw(
-            len(indices),
-            batch_size=hp.batch_size,
-            epochs=hp.epochs,
-            generator=gen,
-            augment=info.augment and not info.integer_inputs,
-        )
-        self.engine.begin(hp, captured)
-        self.module.train()
         params = {
             name: p
             for name, p in self.module.model.named_parameters()
             if name in model_in
         }
-        algo.begin(params, payload, kept)
+        captured = False
+
+        def start(state: AlgoState) -> Iterator[Batch]:
+            nonlocal captured
+            # Capture draws random numbers: before the client's generators are seeded.
+            example = self._example(hp.batch_size)
+            captured = self.engine.prepare(hp, algo, state, params, example)
+            gen = torch.Generator().manual_seed(task.seed)
+            torch.manual_seed(task.seed)  # dropout and anything else drawing globally
+            plan = BatchPlan.draw(
+                len(indices),
+                batch_size=hp.batch_size,
+                epochs=hp.epochs,
+                generator=gen,
+                augment=info.augment and not info.integer_inputs,
+            )
+            self.engine.begin(hp, state, captured)
+            self.module.train()
+            return client_batches(x_all, y_all, info, plan, pad=self.engine.padded)
+
         loss_sum = self.engine.loss_sum  # of the last epoch, on the device
-        steps = 0
-        batches = client_batches(x_all, y_all, info, plan, pad=self.engine.padded)
-        for batch in batches:
+
+        def step(batch: Batch, state: AlgoState) -> None:
             if batch.first:
                 loss_sum.zero_()
-            self.engine.step(batch, params, algo, captured)
-            steps += 1
+            self.engine.step(batch, params, algo, state, captured)
+
+        outcome, steps = local_training(
+            algo, params, payload, kept, start=start, step=step, lr=hp.lr
+        )
         n = len(indices)
         train_loss = float(loss_sum) / max(n, 1)  # the round's one host sync
         glob, loc = self.layout.split(self.module.model.state_dict())
-        extra_up, extra_keep = algo.end(params, steps, hp.lr)
-        upload = {MODEL: glob, **extra_up} if MODEL in payload else dict(extra_up)
-        keep = {LOCAL: loc, **extra_keep} if loc else dict(extra_keep)
+        upload = {MODEL: glob, **outcome.upload} if MODEL in payload else outcome.upload
+        keep = {LOCAL: loc, **outcome.keep} if loc else outcome.keep
         return ClientUpdate(
             client_id=task.client_id,
             upload=upload,
@@ -167,6 +175,7 @@ class ClientRunner:
             train_seconds=time.perf_counter() - t0,
             steps=steps,
             setup_seconds=self.engine.take_setup_seconds(),
+            metrics=outcome.metrics,
         )
 
     def _load(self, glob: Mapping[str, Tensor], local: Mapping[str, Tensor]) -> None:

@@ -1,23 +1,30 @@
 """``fedsim compare``: run the variants of one config side by side, then report.
 
 A variant is a small set of overrides on top of the config (and its own
-``key=value`` overrides): ``original``, ``lowrank``, ``fedpara`` and
-``pfedpara`` set ``model.param``; ``fedavg``, ``fedprox``, ``scaffold``,
-``feddyn``, ``fedadam``, ``fedyogi``, ``fedadagrad``, ``fedper`` and ``local``
-set ``server.strategy``. Every variant keeps the config's seed and data
-settings, so all of them train on the same partition and sample the same
+``key=value`` overrides): each parameterization (``original``, ``lowrank``,
+``fedpara``, ``pfedpara``) sets ``model.param``; each strategy of
+:data:`fedsim.registry.STRATEGIES` sets ``server.strategy`` (plus what its
+entry adds: FedPer's dense layers). Every variant keeps the config's seed and
+data settings, so all of them train on the same partition and sample the same
 cohorts; each gets its own run name, ``<name>_<variant>``, and so its own run
-directory under ``log.root``.
+directory under ``log.root``. A ``server.settings.KEY=V`` override applies to
+every variant whose strategy has that setting (FedProx's ``mu`` reaches the
+FedProx variant, not FedAvg's); one that no variant's strategy has is refused.
 
-When the set holds a personalization variant (``pfedpara``, ``fedper``,
-``local``), every variant carves the same personal test split
+When the set holds a personalization variant (``pfedpara``, or a strategy
+whose clients keep part of the model), every variant carves the same personal test split
 (``data.client_test_fraction``: the pfedpara variant's, 0.2 unless the config
 says otherwise), so the personal accuracies compare like with like; runs with a
 global model then evaluate ``both`` ways, FedPer and local-only ``personal``
 (their global model has an untrained head, or there is none).
 
-Variants run one after another, in the order given (the report lists them in
-that order). Running them concurrently on one Ray cluster is not done here.
+``fedsim compare`` runs the variants as a sweep along one axis, with
+:func:`fedsim.sweep.run_sweep`: on Ray up to ``--max-concurrent`` at once (2 by
+default), sharing the cluster's client slots; in-process one after another.
+SIGINT or SIGTERM stops every running variant after its round, with a
+checkpoint, and the message gives each one's resume line and the variants not
+started. The report lists the variants in the order given, scored on personal
+accuracy when the set holds a personalization variant (:func:`report_metric`).
 
 Example
 -------
@@ -29,37 +36,34 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import get_args
 
 from fedsim.config import Config, ConfigError, load_config
+from fedsim.registry import STRATEGIES
+from lightning_modules.spec import ParamKind
 
-if TYPE_CHECKING:
-    from fedsim.experiment import BackendName
-    from fedsim.loop import RunResult
-
+PARAM_VARIANTS: dict[str, tuple[str, ...]] = {
+    param: (f"model.param={param}",) for param in get_args(ParamKind)
+}
 #: variant -> the overrides that make it (applied after the user's overrides).
 VARIANTS: dict[str, tuple[str, ...]] = {
-    "original": ("model.param=original",),
-    "lowrank": ("model.param=lowrank",),
-    "fedpara": ("model.param=fedpara",),
-    "pfedpara": ("model.param=pfedpara",),
-    "fedavg": ("server.strategy=fedavg",),
-    "fedprox": ("server.strategy=fedprox",),
-    "scaffold": ("server.strategy=scaffold",),
-    "feddyn": ("server.strategy=feddyn",),
-    "fedadam": ("server.strategy=fedadam",),
-    "fedyogi": ("server.strategy=fedyogi",),
-    "fedadagrad": ("server.strategy=fedadagrad",),
-    "fedper": ("server.strategy=fedper", "model.param=original"),
-    "local": ("server.strategy=local",),
+    **PARAM_VARIANTS,
+    **{
+        name: (f"server.strategy={name}", *spec.variant)
+        for name, spec in STRATEGIES.items()
+    },
 }
 DEFAULT_VARIANTS = ("original", "lowrank", "fedpara")
+PERSONAL_PARAM = "pfedpara"
 #: variants whose clients keep a part of the model: they need personal test splits.
-PERSONAL_VARIANTS = frozenset({"pfedpara", "fedper", "local"})
+PERSONAL_VARIANTS = frozenset(
+    {PERSONAL_PARAM, *(n for n, spec in STRATEGIES.items() if spec.keeps_local)}
+)
 #: variants with no usable global model: evaluated on personal splits only.
-PERSONAL_ONLY = frozenset({"fedper", "local"})
+PERSONAL_ONLY = frozenset(n for n, spec in STRATEGIES.items() if not spec.global_model)
 
 
 def parse_variants(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -72,7 +76,7 @@ def parse_variants(text: str | Sequence[str]) -> tuple[str, ...]:
     >>> parse_variants("fedpara,fedpar")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    fedsim.config.ConfigError: unknown variant fedpar (allowed: original, ..., local)
+    fedsim.config.ConfigError: unknown variant fedpar (allowed: original, ...)
     """
     words = text.split(",") if isinstance(text, str) else list(text)
     names = tuple(w.strip() for w in words if w.strip())
@@ -110,14 +114,13 @@ def variant_overrides(
     >>> base = Config()
     >>> variant_overrides("lowrank", base)
     ('model.param=lowrank',)
-    >>> variant_overrides("fedper", base, 0.2)  # doctest: +NORMALIZE_WHITESPACE
-    ('server.strategy=fedper', 'model.param=original',
-     'data.client_test_fraction=0.2', 'server.evaluate=personal')
+    >>> variant_overrides("lowrank", base, 0.2)  # doctest: +NORMALIZE_WHITESPACE
+    ('model.param=lowrank', 'data.client_test_fraction=0.2', 'server.evaluate=both')
     """
     parse_variants([variant])
     out = VARIANTS[variant]
     sets_param = any(item.startswith("model.param=") for item in out)
-    if base.model.param == "pfedpara" and not sets_param:
+    if base.model.param == PERSONAL_PARAM and not sets_param:
         out = (*out, "model.param=fedpara")
     if shared_split is not None:
         personal_only = _strategy_of(variant, base) in PERSONAL_ONLY
@@ -140,47 +143,51 @@ def variant_configs(
     named ``<name>_<variant>``; seed and data settings are the config's for all.
     """
     names = parse_variants(variants)
-    base = load_config(config, overrides)
+    general = [o for o in overrides if not o.startswith(SETTINGS)]
+    settings = [o for o in overrides if o.startswith(SETTINGS)]
+    base = load_config(
+        config, [*general, *_applicable(settings, None, config, general)]
+    )
     shared: float | None = None
     if PERSONAL_VARIANTS.intersection(names):
-        pfedpara = load_config(config, [*overrides, *VARIANTS["pfedpara"]])
-        shared = pfedpara.personal_test_fraction
-    return [
-        (
-            name,
-            load_config(
-                config,
-                [
-                    *overrides,
-                    *variant_overrides(name, base, shared),
-                    f"name={base.name}_{name}",
-                ],
-            ),
+        personal = [*general, *VARIANTS[PERSONAL_PARAM]]
+        shared = load_config(config, personal).personal_test_fraction
+    out, used = [], set()
+    for name in names:
+        own = variant_overrides(name, base, shared)
+        strategy = _strategy_of(name, base)
+        kept = _applicable(settings, strategy, config, general)
+        used.update(kept)
+        cfg = load_config(config, [*general, *own, *kept, f"name={base.name}_{name}"])
+        out.append((name, cfg))
+    if unused := [o for o in settings if o not in used]:
+        raise ConfigError(
+            f"{', '.join(unused)}: no variant's strategy has this setting "
+            f"(variants: {', '.join(names)})"
         )
-        for name in names
-    ]
+    return out
 
 
-def run_variants(
-    configs: Sequence[tuple[str, Config]],
-    backend: BackendName = "local",
-    on_result: Callable[[str, Config, RunResult], None] | None = None,
-) -> list[RunResult]:
-    """Run every config one after another with ``run_experiment``.
+SETTINGS = "server.settings."
 
-    With ``backend="ray"``, Ray must already be initialized by the caller
-    (:func:`fedsim.backend.ray_pool.start_ray`, as ``fedsim compare`` does);
-    each run starts and releases its own pool of client actors. ``on_result``
-    is called after each run (to print its summary). A
-    :class:`~fedsim.loop.RunStopped` from a run propagates; the runs before it
-    keep their directories.
+
+def _applicable(
+    settings: Sequence[str],
+    strategy: str | None,
+    config: str | Path | None,
+    general: Sequence[str],
+) -> list[str]:
+    """The ``server.settings.*`` overrides ``strategy`` has (None: the config's)."""
+    if strategy is None:
+        strategy = load_config(config, general).server.strategy
+    fields = {f.name for f in dataclasses.fields(STRATEGIES[strategy].settings)}
+    return [o for o in settings if o[len(SETTINGS) :].partition("=")[0] in fields]
+
+
+def report_metric(variants: Sequence[str]) -> str:
+    """The report's ``--metric`` for a set of variants.
+
+    >>> report_metric(["original", "fedpara"]), report_metric(["fedavg", "pfedpara"])
+    ('auto', 'personal')
     """
-    from fedsim.experiment import run_experiment
-
-    results = []
-    for name, cfg in configs:
-        result = run_experiment(cfg, backend=backend)
-        if on_result is not None:
-            on_result(name, cfg, result)
-        results.append(result)
-    return results
+    return "personal" if PERSONAL_VARIANTS.intersection(variants) else "auto"

@@ -22,26 +22,28 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+if TYPE_CHECKING:
+    from fedsim.data import DataRequest
+
 from fedsim.data.base import DatasetName
+from fedsim.data.partition import PartitionScheme
+from fedsim.registry import (
+    DEFAULT as DEFAULT_STRATEGY,
+)
+from fedsim.registry import (
+    STRATEGIES,
+    Settings,
+    StrategySpec,
+    settings_problems,
+    strategy_spec,
+)
 from lightning_modules.rank import RankRule
 from lightning_modules.spec import Arch, ParamKind
 
-Partition = Literal["iid", "dirichlet", "shards", "natural"]
-StrategyName = Literal[
-    "fedavg",
-    "fedprox",
-    "scaffold",
-    "feddyn",
-    "fedadam",
-    "fedyogi",
-    "fedadagrad",
-    "fedper",
-    "local",
-]
 Evaluate = Literal["auto", "global", "personal", "both"]
 Precision = Literal["32-true", "16-mixed", "bf16-mixed"]
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
@@ -59,7 +61,7 @@ class DataConfig:
     name: DatasetName = "digits"
     root: str | None = None
     num_clients: int = 50
-    partition: Partition = "dirichlet"
+    partition: PartitionScheme = "dirichlet"
     alpha: float = 0.5
     shards_per_client: int = 2
     # None: 0.2 for runs that keep a local model part (pFedPara, FedPer,
@@ -82,10 +84,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """Local training: the learning rate of round t is ``lr * lr_decay**t``.
-
-    ``prox_mu`` is FedProx's proximal weight (read by ``server.strategy=fedprox``).
-    """
+    """Local training: the learning rate of round t is ``lr * lr_decay**t``."""
 
     epochs: int = 5
     batch_size: int = 16
@@ -93,16 +92,15 @@ class ClientConfig:
     lr_decay: float = 1.0
     momentum: float = 0.0
     weight_decay: float = 0.0
-    prox_mu: float = 0.01
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     """Cohort size, strategy and its settings, and evaluation.
 
-    ``lr``, ``beta1``, ``beta2``, ``tau``: the server optimizer of fedadam,
-    fedyogi and fedadagrad (Reddi et al., 2021). ``feddyn_alpha``: FedDyn's
-    regularizer. ``fedper_layers``: the last layers FedPer keeps on clients.
+    ``strategy`` is a name from :data:`fedsim.registry.STRATEGIES`; ``settings``
+    are that strategy's own (FedProx's ``mu``, the server optimizer's ``lr``,
+    ...), typed by its registry entry: missing keys take its defaults.
     ``evaluate``: global (the server's model on the global test split),
     personal (each client's own model on its own test split), both, or auto
     (personal too when the run keeps a local model part).
@@ -112,20 +110,26 @@ class ServerConfig:
     most ``max_round_retries`` times; then the run stops (resumable).
     """
 
-    strategy: StrategyName = "fedavg"
+    strategy: str = DEFAULT_STRATEGY
+    settings: Settings = field(default_factory=Settings)
     clients_per_round: int = 10
     eval_every: int = 1
     eval_batch_size: int = 128  # activations of one batch: 1024 costs 100 MiB per actor
-    lr: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
-    feddyn_alpha: float = 0.1
-    fedper_layers: int = 1
     evaluate: Evaluate = "auto"
     personal_eval_clients: int | None = None
     min_clients: int = 1
     max_round_retries: int = 1
+
+    def __post_init__(self) -> None:
+        spec = STRATEGIES.get(self.strategy)
+        if spec is not None and type(self.settings) is Settings:
+            # No settings given: the strategy's defaults.
+            object.__setattr__(self, "settings", spec.settings())
+
+    @property
+    def spec(self) -> StrategySpec:
+        """The registry entry of ``strategy``."""
+        return strategy_spec(self.strategy)
 
 
 @dataclass(frozen=True)
@@ -142,9 +146,12 @@ class ResourcesConfig:
     # A client still training after this many seconds fails with that reason
     # and its actor is replaced; null: no deadline.
     client_timeout_s: float | None = None
-    # How long the pool's reservation (and, with no actor left, a replacement)
-    # may wait for the cluster before the run is refused or the tasks fail.
+    # How long the pool's reservation may wait for the cluster before the run
+    # is refused (exit 2).
     placement_timeout_s: float = 60.0
+    # With no client actor alive, how long the round's tasks wait for a
+    # replacement before they fail.
+    replacement_timeout_s: float = 60.0
     # The training step (README "GPU speed"): torch.compile mode of the step
     # (off: eager), and whether to capture the whole step in one CUDA graph.
     compile: CompileMode = "off"
@@ -191,10 +198,7 @@ class Config:
     @property
     def keeps_local_model(self) -> bool:
         """Whether clients keep part of the model (pFedPara, FedPer, local-only)."""
-        return self.model.param == "pfedpara" or self.server.strategy in (
-            "fedper",
-            "local",
-        )
+        return self.model.param == "pfedpara" or self.server.spec.keeps_local
 
     @property
     def personal_test_fraction(self) -> float:
@@ -209,13 +213,38 @@ class Config:
         """(global, personal): the evaluations ``server.evaluate`` resolves to."""
         mode = self.server.evaluate
         if mode == "auto":
-            if self.server.strategy in ("fedper", "local"):
-                mode = "personal"  # their global model has an untrained head
+            if not self.server.spec.global_model:
+                mode = "personal"  # an untrained head (FedPer), or none (local)
             elif self.keeps_local_model:
                 mode = "both"
             else:
                 mode = "global"
         return mode in ("global", "both"), mode in ("personal", "both")
+
+    def data_request(self) -> DataRequest:
+        """The dataset and its partition, as a value any worker can load.
+
+        >>> Config().data_request().spec.num_clients
+        50
+        """
+        from fedsim.data import DataRequest, PartitionSpec
+
+        d = self.data
+        spec = PartitionSpec(
+            scheme=d.partition,
+            num_clients=d.num_clients,
+            alpha=d.alpha,
+            shards_per_client=d.shards_per_client,
+            client_test_fraction=self.personal_test_fraction,
+        )
+        return DataRequest(
+            d.name,
+            d.root,
+            spec,
+            self.seed,
+            synthetic_train=d.synthetic_train,
+            synthetic_test=d.synthetic_test,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain nested dicts (YAML/JSON ready)."""
@@ -236,7 +265,7 @@ def _validate(cfg: Config) -> None:
     # Every float key first, sections included: NaN fails no comparison below
     # the way one expects (``nan > 0`` is False, ``not nan <= 1`` is True) and
     # inf passes ``> 0``; new float fields are covered without a line here.
-    for prefix, node in [("", cfg)] + [
+    for prefix, node in [("", cfg), ("server.settings.", cfg.server.settings)] + [
         (f"{f.name}.", getattr(cfg, f.name))
         for f in dataclasses.fields(cfg)
         if dataclasses.is_dataclass(getattr(cfg, f.name))
@@ -319,16 +348,21 @@ def _validate(cfg: Config) -> None:
 
 
 def _validate_strategy(cfg: Config) -> None:
-    c, s = cfg.client, cfg.server
-    _check(c.prox_mu >= 0, "client.prox_mu", f"must be >= 0, got {c.prox_mu}")
-    _check(s.lr > 0, "server.lr", f"must be > 0, got {s.lr}")
-    for key, beta in (("server.beta1", s.beta1), ("server.beta2", s.beta2)):
-        _check(0 <= beta < 1, key, f"must be in [0, 1), got {beta}")
-    _check(s.tau > 0, "server.tau", f"must be > 0 (e.g. 1e-3), got {s.tau}")
+    s = cfg.server
     _check(
-        s.feddyn_alpha > 0, "server.feddyn_alpha", f"must be > 0, got {s.feddyn_alpha}"
+        s.strategy in STRATEGIES,
+        "server.strategy",
+        f"must be one of {', '.join(STRATEGIES)}; got {s.strategy!r}",
     )
-    _check(s.fedper_layers >= 1, "server.fedper_layers", "must be >= 1")
+    spec = s.spec
+    _check(
+        type(s.settings) is spec.settings,
+        "server.settings",
+        f"holds {type(s.settings).__name__}, but server.strategy={s.strategy} takes "
+        f"{spec.settings.__name__}",
+    )
+    for name, message in settings_problems(s.settings):
+        _check(False, f"server.settings.{name}", f"{message} ({s.strategy})")
     _check(
         1 <= s.min_clients <= s.clients_per_round,
         "server.min_clients",
@@ -342,10 +376,10 @@ def _validate_strategy(cfg: Config) -> None:
         "must be >= 1, or null to evaluate every client",
     )
     _check(
-        not (s.strategy == "scaffold" and cfg.resources.precision == "16-mixed"),
+        not (spec.corrects_gradients and cfg.resources.precision == "16-mixed"),
         "resources.precision",
-        "scaffold corrects gradients that fp16 loss scaling has scaled; use "
-        "bf16-mixed or 32-true with server.strategy=scaffold",
+        f"{s.strategy} corrects gradients that fp16 loss scaling has scaled; use "
+        f"bf16-mixed or 32-true with server.strategy={s.strategy}",
     )
     personal_data = cfg.personal_test_fraction > 0 or cfg.data.partition == "natural"
     _check(
@@ -363,11 +397,11 @@ def _validate_resources(cfg: Config) -> None:
         "resources.client_timeout_s",
         f"must be > 0 seconds, or null for no deadline, got {r.client_timeout_s}",
     )
-    _check(
-        r.placement_timeout_s > 0,
-        "resources.placement_timeout_s",
-        f"must be > 0 seconds, got {r.placement_timeout_s}",
-    )
+    for key, seconds in (
+        ("placement_timeout_s", r.placement_timeout_s),
+        ("replacement_timeout_s", r.replacement_timeout_s),
+    ):
+        _check(seconds > 0, f"resources.{key}", f"must be > 0 seconds, got {seconds}")
     _check(
         not (r.cuda_graph and r.compile == "reduce-overhead"),
         "resources.cuda_graph",
@@ -498,19 +532,68 @@ def _build(cls: type[_T], raw: Mapping[str, Any], prefix: str) -> _T:
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
+    if cls is ServerConfig:  # its settings are typed by the strategy it names
+        raw = dict(raw)
+        kwargs["settings"] = _build_settings(
+            raw.get("strategy"), raw.pop("settings", {})
+        )
     for key, value in raw.items():
         if key not in fields:
-            close = difflib.get_close_matches(str(key), sorted(fields), n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
-            raise ConfigError(
-                f"unknown key {prefix}{key}{hint} "
-                f"(allowed: {', '.join(sorted(fields))})"
-            )
+            raise ConfigError(_unknown_key(f"{prefix}{key}", fields, prefix))
         kwargs[key] = _coerce(hints[key], value, f"{prefix}{key}")
     try:
         return cls(**kwargs)
     except TypeError as exc:  # pragma: no cover - guarded by the field check
         raise ConfigError(str(exc)) from exc
+
+
+MOVED = {
+    "client.prox_mu": "server.settings.mu (with server.strategy: fedprox)",
+    "server.feddyn_alpha": "server.settings.alpha (with server.strategy: feddyn)",
+    "server.fedper_layers": "server.settings.layers (with server.strategy: fedper)",
+    **{
+        f"server.{key}": f"server.settings.{key} (with server.strategy: fedadam, "
+        "fedyogi or fedadagrad; fedavgm has lr and momentum)"
+        for key in ("lr", "beta1", "beta2", "tau")
+    },
+}
+"""Keys of earlier versions and where they live now (a fix-it for old configs)."""
+
+
+def _unknown_key(key: str, fields: set[str], prefix: str) -> str:
+    if key in MOVED:
+        return f"{key} is now {MOVED[key]}"
+    leaf = key[len(prefix) :]
+    close = difflib.get_close_matches(leaf, sorted(fields), n=1)
+    hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+    allowed = ", ".join(sorted(fields)) or "none"
+    return f"unknown key {key}{hint} (allowed: {allowed})"
+
+
+def _build_settings(strategy: Any, raw: Any) -> Settings:
+    """``server.settings`` as the typed settings of ``strategy``."""
+    name = DEFAULT_STRATEGY if strategy is None else strategy
+    if name not in STRATEGIES:
+        raise ConfigError(
+            f"server.strategy must be one of {', '.join(STRATEGIES)}; got {name!r}"
+        )
+    cls = STRATEGIES[name].settings
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"server.settings must be a mapping of {name}'s settings")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            allowed = ", ".join(sorted(fields)) or "none"
+            raise ConfigError(
+                f"server.settings.{key} is not a setting of server.strategy={name} "
+                f"(its settings: {allowed})"
+            )
+        kwargs[key] = _coerce(hints[key], value, f"server.settings.{key}")
+    return cls(**kwargs)
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:

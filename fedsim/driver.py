@@ -11,24 +11,25 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
-from fedsim.backend.base import Backend, ClientResult
+from fedsim.backend.base import Backend
 from fedsim.checkpoint import ServerState
 from fedsim.comm import RoundTraffic
-from fedsim.messages import ClientEval, ClientFailure, ClientTask, ClientUpdate
+from fedsim.messages import (
+    Channels,
+    ClientEval,
+    ClientFailure,
+    ClientTask,
+    ClientUpdate,
+)
 from fedsim.params import Tensors, payload_nbytes
 from fedsim.state import ClientStateStore
-from fedsim.strategy import (
-    AggregationError,
-    EvalMetrics,
-    Strategy,
-    StrategyState,
-    TrainPlan,
-)
+from fedsim.strategy import Aggregate, EvalMetrics, Strategy, TrainPlan
 from fedsim.strategy.replies import reply_problem
 from fedsim.tracking import RoundMetrics, Tracker
 
@@ -62,20 +63,29 @@ class Cohort:
 
 @dataclass
 class RoundOutcome:
-    """What one round's replies left behind, gathered while aggregating."""
+    """Every reply of one attempt at a round, collected before aggregation.
 
+    Bytes are counted for every upload that arrived, accepted or rejected
+    (they travelled); kept states wait here until the round aggregates.
+    """
+
+    updates: list[ClientUpdate] = field(default_factory=list)  # accepted, sorted
     failures: list[ClientFailure] = field(default_factory=list)
+    rejected: list[ClientFailure] = field(default_factory=list)  # subset: bad replies
+    kept: dict[int, Channels] = field(default_factory=dict)
     up: dict[int, int] = field(default_factory=dict)
     up_by_channel: dict[str, int] = field(default_factory=dict)
-    losses: list[tuple[float, int]] = field(default_factory=list)
-    train_seconds: float = 0.0  # summed over the clients
-    setup_seconds: float = 0.0
-    steps: int = 0
 
     def train_loss(self) -> float | None:
-        """Example-weighted mean of the clients' training losses."""
-        total = sum(n for _, n in self.losses)
-        return sum(loss * n for loss, n in self.losses) / total if total else None
+        """Example-weighted mean of the accepted clients' training losses."""
+        total = sum(u.num_examples for u in self.updates)
+        if not total:
+            return None
+        return sum(u.train_loss * u.num_examples for u in self.updates) / total
+
+    def sum_of(self, field_name: str) -> Any:
+        """A field of the accepted updates, summed (seconds, steps)."""
+        return sum(getattr(u, field_name) for u in self.updates)
 
 
 class RoundFailed(RuntimeError):
@@ -91,7 +101,8 @@ class RoundFailed(RuntimeError):
     ) -> None:
         reasons = sorted({f.reason for f in outcome.failures})[:3]
         super().__init__(
-            f"round {server_round}: {len(outcome.up)} of {cohort} clients succeeded "
+            f"round {server_round}: {len(outcome.updates)} of {cohort} clients "
+            "succeeded "
             f"in each of {tries} tries, fewer than server.min_clients={min_clients} "
             f"(failures: {'; '.join(reasons) or 'none'})"
         )
@@ -124,10 +135,12 @@ class Driver:
     def run_round(self, state: ServerState) -> tuple[ServerState, RoundMetrics]:
         """One round from ``state``: returns the next state and its metrics.
 
-        A round with fewer than ``min_clients`` usable replies is not
-        aggregated; it runs again with the same cohort (and seeds) at most
-        ``max_round_retries`` times, then :class:`RoundFailed` is raised. Every
-        attempt's bytes count: they travelled.
+        A round with fewer than ``min_clients`` usable replies (or none the
+        strategy can aggregate) is not aggregated; it runs again with the same
+        cohort (and seeds) at most ``max_round_retries`` times, then
+        :class:`RoundFailed` is raised. Every attempt's bytes count: they
+        travelled. What clients keep is committed only for the attempt that
+        aggregated.
         """
         t0, started_at = time.perf_counter(), time.time()
         r, c = state.round, self.cohort
@@ -137,41 +150,44 @@ class Driver:
             r, state.global_tensors, state.strategy_state, cohort
         )
         tasks = self._tasks(r, cohort, plan)
-        down_by_channel = {ch: payload_nbytes(t) for ch, t in plan.payload.items()}
+        down = {t.client_id: _down_bytes(plan.payload, t.payload) for t in tasks}
+        down_by_channel = Counter[str]()
+        for t in tasks:
+            down_by_channel.update(_channel_bytes({**plan.payload, **t.payload}))
         # --- execute and aggregate, again while too few clients succeed ---
         traffic, up_by_channel = RoundTraffic(r, {}, {}), Counter[str]()
         for attempt in range(self.max_round_retries + 1):
-            outcome = RoundOutcome()
-            aggregated = self._train(r, state, plan, tasks, outcome)
-            traffic = traffic.add(
-                dict.fromkeys(cohort, sum(down_by_channel.values())), outcome.up
-            )
+            outcome = self._collect(plan, tasks)
+            traffic = traffic.add(down, outcome.up)
             up_by_channel.update(outcome.up_by_channel)
-            if aggregated is not None:
+            aggregate = self._aggregate(r, state, outcome)
+            if aggregate is not None:
                 break
-            self.store.rollback(r)  # what this attempt's clients kept is void
             log.warning(
                 "round %d (try %d): %d of %d clients succeeded, fewer than "
                 "server.min_clients=%d",
                 r,
                 attempt + 1,
-                len(outcome.up),
+                len(outcome.updates),
                 len(cohort),
                 self.min_clients,
             )
         else:
             raise RoundFailed(r, len(cohort), self.min_clients, attempt + 1, outcome)
-        new_global, strategy_state = aggregated
+        for client_id, kept in outcome.kept.items():
+            self.store.put(client_id, r, kept)
         # --- evaluate -------------------------------------------------------
         t_eval = time.perf_counter()
-        evaluation = self._evaluate(r, new_global)
+        evaluation = self._evaluate(r, aggregate.global_tensors)
         eval_seconds = time.perf_counter() - t_eval
         # --- account and log --------------------------------------------------
         ledger = state.ledger.record(traffic)
         by_channel = {
-            ch: {"down": n * len(cohort) * (attempt + 1), "up": up_by_channel[ch]}
+            ch: {"down": n * (attempt + 1), "up": up_by_channel[ch]}
             for ch, n in down_by_channel.items()
         }
+        for ch, n in up_by_channel.items():  # channels the server never sent
+            by_channel.setdefault(ch, {"down": 0, "up": n})
         metrics = RoundMetrics(
             round=r,
             **RoundMetrics.evaluated(evaluation),
@@ -180,20 +196,23 @@ class Driver:
             bytes_down=traffic.bytes_down,
             cumulative_bytes=ledger.total_bytes,
             bytes_by_channel=by_channel,
-            num_clients=len(outcome.up),
-            num_failed=len(cohort) - len(outcome.up),
+            num_clients=len(outcome.updates),
+            num_failed=len(cohort) - len(outcome.updates),
             lr=plan.hparams.lr,
+            strategy=dict(aggregate.metrics),
             round_seconds=time.perf_counter() - t0,
             eval_seconds=eval_seconds,
-            train_seconds=outcome.train_seconds,
-            setup_seconds=outcome.setup_seconds,
-            steps=outcome.steps,
+            train_seconds=outcome.sum_of("train_seconds"),
+            setup_seconds=outcome.sum_of("setup_seconds"),
+            steps=outcome.sum_of("steps"),
             started_at=started_at,
         )
-        self.tracker.log_round(metrics, traffic)
+        self.tracker.log_round(
+            metrics, traffic, _client_rows(r, outcome, aggregate.client_metrics)
+        )
         next_state = state.advance(
-            global_tensors=new_global,
-            strategy_state=strategy_state,
+            global_tensors=aggregate.global_tensors,
+            strategy_state=aggregate.state,
             ledger=ledger,
             evaluation=evaluation,
         )
@@ -202,72 +221,53 @@ class Driver:
     def _tasks(
         self, server_round: int, cohort: Sequence[int], plan: TrainPlan
     ) -> list[ClientTask]:
-        """Each client's task: the plan's settings and its own seed."""
-        return [
-            ClientTask(
-                client_id=cid,
-                round=server_round,
-                seed=client_seed(self.cohort.seed, server_round, cid),
-                hparams=plan.hparams,
-                algorithm=plan.algorithm,
+        """Each client's task: the plan's settings (or its own) and its seed."""
+        tasks = []
+        for cid in cohort:
+            own = plan.clients.get(cid)
+            tasks.append(
+                ClientTask(
+                    client_id=cid,
+                    round=server_round,
+                    seed=client_seed(self.cohort.seed, server_round, cid),
+                    hparams=own.hparams if own and own.hparams else plan.hparams,
+                    algorithm=plan.algorithm,
+                    payload=dict(own.payload) if own else {},
+                )
             )
-            for cid in cohort
-        ]
+        return tasks
 
-    def _train(
-        self,
-        server_round: int,
-        state: ServerState,
-        plan: TrainPlan,
-        tasks: Sequence[ClientTask],
-        outcome: RoundOutcome,
-    ) -> tuple[Tensors, StrategyState] | None:
-        """One attempt: the aggregate, or None with too few usable replies."""
-        results = self.backend.train(tasks, plan.payload, self.store.get)
-        updates = self._accepted(server_round, results, plan, outcome)
-        try:
-            aggregated = self.strategy.aggregate_train(
-                server_round, state.global_tensors, state.strategy_state, updates
-            )
-        except AggregationError:
-            if outcome.up:  # some updates were accepted: a real error
-                raise
-            return None
-        return aggregated if len(outcome.up) >= self.min_clients else None
-
-    def _accepted(
-        self,
-        server_round: int,
-        results: Iterable[ClientResult],
-        plan: TrainPlan,
-        outcome: RoundOutcome,
-    ) -> Iterator[ClientUpdate]:
-        """Split replies into usable updates and recorded failures."""
-        for result in results:
+    def _collect(self, plan: TrainPlan, tasks: Sequence[ClientTask]) -> RoundOutcome:
+        """Every reply of one attempt: counted, checked, kept states held."""
+        outcome = RoundOutcome()
+        for result in self.backend.train(tasks, plan.payload, self.store.get):
             if isinstance(result, ClientUpdate):
-                reason = reply_problem(result, plan.payload)
+                # Measured on what arrived, not on what the client claims.
+                sizes = _channel_bytes(result.upload)
+                outcome.up[result.client_id] = sum(sizes.values())
+                for ch, n in sizes.items():
+                    outcome.up_by_channel[ch] = outcome.up_by_channel.get(ch, 0) + n
+                reason = reply_problem(result, plan.upload)
                 if reason is None:
-                    self._account(server_round, result, outcome)
-                    yield result
+                    if result.keep:
+                        outcome.kept[result.client_id] = result.keep
+                    outcome.updates.append(replace(result, keep={}))
                     continue
                 result = ClientFailure(client_id=result.client_id, reason=reason)
+                outcome.rejected.append(result)
             log.warning("client %d failed: %s", result.client_id, result.reason)
             outcome.failures.append(result)
+        return outcome
 
-    def _account(
-        self, server_round: int, update: ClientUpdate, outcome: RoundOutcome
-    ) -> None:
-        # Measured on what arrived, not on what the client claims.
-        sizes = {ch: payload_nbytes(t) for ch, t in update.upload.items()}
-        outcome.up[update.client_id] = sum(sizes.values())
-        for ch, n in sizes.items():
-            outcome.up_by_channel[ch] = outcome.up_by_channel.get(ch, 0) + n
-        outcome.losses.append((update.train_loss, update.num_examples))
-        outcome.train_seconds += update.train_seconds
-        outcome.setup_seconds += update.setup_seconds
-        outcome.steps += update.steps
-        if update.keep:
-            self.store.put(update.client_id, server_round, update.keep)
+    def _aggregate(
+        self, server_round: int, state: ServerState, outcome: RoundOutcome
+    ) -> Aggregate | None:
+        """The strategy's aggregate, or None with too few usable replies."""
+        if len(outcome.updates) < self.min_clients:
+            return None
+        return self.strategy.aggregate_train(
+            server_round, state.global_tensors, state.strategy_state, outcome.updates
+        )
 
     def _evaluate(
         self, server_round: int, global_tensors: Tensors
@@ -302,3 +302,49 @@ class Driver:
             else:
                 personal.append(result)
         return personal
+
+
+def _channel_bytes(channels: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """Bytes of each channel of a payload or an upload."""
+    return {ch: payload_nbytes(t) for ch, t in channels.items()}
+
+
+def _down_bytes(shared: Channels, own: Channels) -> int:
+    """What one client downloads: the shared payload and its own channels."""
+    return sum(_channel_bytes({**shared, **own}).values())
+
+
+def _client_rows(
+    server_round: int,
+    outcome: RoundOutcome,
+    strategy_metrics: Mapping[int, Mapping[str, float]],
+) -> list[dict[str, Any]]:
+    """clients.jsonl rows: each client's result, diagnostics, or failure."""
+    rows: list[dict[str, Any]] = []
+    for u in outcome.updates:
+        rows.append(
+            {
+                "round": server_round,
+                "client": u.client_id,
+                "status": "ok",
+                "num_examples": u.num_examples,
+                "steps": u.steps,
+                "train_loss": u.train_loss,
+                "train_seconds": u.train_seconds,
+                "setup_seconds": u.setup_seconds,
+                **dict(u.metrics),
+                **dict(strategy_metrics.get(u.client_id, {})),
+            }
+        )
+    rejected = {id(f) for f in outcome.rejected}
+    for f in outcome.failures:
+        status = "rejected" if id(f) in rejected else "failed"
+        rows.append(
+            {
+                "round": server_round,
+                "client": f.client_id,
+                "status": status,
+                "reason": f.reason,
+            }
+        )
+    return sorted(rows, key=lambda row: row["client"])

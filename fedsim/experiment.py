@@ -1,8 +1,8 @@
 """Put a run together: data, partition, run directory, backend, driver.
 
-:class:`Experiment` owns one run and steps it round by round; :func:`drive`
-steps any such run to the end with a progress bar; :func:`run_experiment`
-does both, in this process or in a driver actor on Ray.
+:class:`Experiment` owns one run and steps it round by round;
+:func:`run_experiment` steps it to the end (:func:`fedsim.loop.drive`, with a
+progress bar), in this process or in a driver actor on Ray.
 
 Example
 -------
@@ -15,124 +15,36 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from fedsim.backend.base import Backend
 from fedsim.checkpoint import ServerState, load_checkpoint, save_checkpoint
 from fedsim.config import Config, load_config
-from fedsim.data import (
-    DataRequest,
-    FederatedData,
-    Partition,
-    PartitionSpec,
-    check_available,
-    label_heatmap,
-    partition_summary,
-)
+from fedsim.data import FederatedData, Partition, label_heatmap, partition_summary
 from fedsim.driver import Cohort, Driver, RoundFailed
-from fedsim.launch import BackendName as BackendName  # named here before
-from fedsim.launch import absolute_dir, client_pool, launch, resolve_paths
+from fedsim.launch import BackendName, absolute_dir, launch, local_pool, resolve_paths
 from fedsim.loop import RunResult, RunStopped
-from fedsim.model import build_backbone, check_model_fits
+from fedsim.model import preflight
 from fedsim.params import StateLayout, initial_state
+from fedsim.results import RunSummary
 from fedsim.state import ClientStateStore
-from fedsim.strategy import EvalSchedule, StrategySettings, build_strategy
+from fedsim.strategy import build_strategy, strategy_settings
 from fedsim.tracking import RoundMetrics, Tracker, new_run_dir
 
 log = logging.getLogger(__name__)
-
-
-def preflight(cfg: Config) -> nn.Module:
-    """Check that the data is present and the model fits it; return the model.
-
-    Raises
-    ------
-    DataError
-        The dataset is missing (the message says how to fetch it).
-    ConfigError
-        The model cannot be built for this dataset.
-    """
-    check_available(cfg.data.name, cfg.data.root)
-    return checked_model(cfg)
-
-
-def checked_model(cfg: Config) -> nn.Module:
-    """The config's model for its dataset, or a ConfigError saying why not."""
-    spec = check_model_fits(cfg)
-    return build_backbone(cfg, spec.num_classes, spec.input_shape)
-
-
-def model_layout(cfg: Config, model: nn.Module) -> StateLayout:
-    """What travels and what each client keeps, for this model and strategy."""
-    strategy = build_strategy(strategy_settings(cfg))
-    return StateLayout.of(model, strategy.local_names(model))
-
-
-def data_request(cfg: Config) -> DataRequest:
-    """The config's dataset and partition, as a value any worker can load."""
-    d = cfg.data
-    spec = PartitionSpec(
-        scheme=d.partition,
-        num_clients=d.num_clients,
-        alpha=d.alpha,
-        shards_per_client=d.shards_per_client,
-        client_test_fraction=cfg.personal_test_fraction,
-    )
-    return DataRequest(
-        d.name,
-        d.root,
-        spec,
-        cfg.seed,
-        synthetic_train=d.synthetic_train,
-        synthetic_test=d.synthetic_test,
-    )
-
-
-def load_data(cfg: Config) -> tuple[FederatedData, Partition]:
-    """Load the dataset and split it here, a pure function of the config."""
-    return data_request(cfg)()
-
-
-def strategy_settings(cfg: Config) -> StrategySettings:
-    """The config sections a strategy reads, and its evaluation schedule."""
-    global_model, personal = cfg.evaluates
-    schedule = EvalSchedule(
-        every=cfg.server.eval_every,
-        rounds=cfg.rounds,
-        global_model=global_model,
-        personal=personal,
-        personal_clients=cfg.server.personal_eval_clients,
-        num_clients=cfg.data.num_clients,
-        seed=cfg.seed,
-    )
-    return StrategySettings(
-        client=cfg.client,
-        server=cfg.server,
-        num_clients=cfg.data.num_clients,
-        schedule=schedule,
-    )
-
-
-def make_backend(name: BackendName, cfg: Config) -> Backend:
-    """A client pool made in this process (see :func:`fedsim.launch.client_pool`).
-
-    A run on Ray makes its pool in the driver actor instead (:mod:`fedsim.launch`).
-    """
-    return client_pool(name, cfg)
 
 
 class Experiment:
     """One run, round by round: what the driver owns.
 
     Made in this process for the in-process backend, and inside the driver
-    actor for Ray (see :mod:`fedsim.backend.ray_driver`). Building it starts
-    loads and splits the data, opens the run directory, puts the server state in
-    place (from the checkpoint when resuming) and hands the workers the data.
+    actor for Ray (see :mod:`fedsim.backend.ray_driver`). Building it loads and
+    splits the data, opens the run directory, puts the server state in place
+    (from the checkpoint when resuming) and hands the workers the data.
     """
 
     def __init__(
@@ -149,7 +61,7 @@ class Experiment:
             self.model = preflight(cfg)
             # Loaded where the pool keeps it: on Ray, by a task whose result goes
             # straight to the object store, so this process maps it, no copy.
-            data, partition = self.pool.load(data_request(cfg))
+            data, partition = self.pool.load(cfg.data_request())
             self.run_dir = run_dir or new_run_dir(cfg)
             self.strategy = build_strategy(strategy_settings(cfg))
             self.layout = StateLayout.of(
@@ -158,7 +70,11 @@ class Experiment:
             self.state = self._initial_state(resume)
             self._wall_before = self.state.wall_seconds
             self.tracker = Tracker(
-                self.run_dir, cfg, resume_round=self.state.round if resume else None
+                self.run_dir,
+                cfg.log,
+                config=cfg.to_dict(),
+                strategy=cfg.server.strategy,
+                resume_round=self.state.round if resume else None,
             )
         except BaseException:
             self.pool.shutdown()
@@ -260,6 +176,7 @@ def run_experiment(
     backend: BackendName = "ray",
     run_dir: Path | None = None,
     resume: bool = False,
+    make_pool: Callable[[Config], Backend] = local_pool,
 ) -> RunResult:
     """Run ``cfg`` to completion and return the run directory and summary.
 
@@ -268,34 +185,34 @@ def run_experiment(
     is joined or started if this process has not initialized it);
     ``backend="local"`` in this process. Relative paths in ``cfg`` are taken
     from the current directory. With ``resume=True``, ``run_dir`` must hold a
-    checkpoint; the run continues from its last saved round.
+    checkpoint; the run continues from its last saved round. ``make_pool``
+    makes the pool of a ``"local"`` run (tests pass pools that misbehave).
     """
     cfg = resolve_paths(cfg)
     new_run = partial(Experiment, cfg, run_dir=absolute_dir(run_dir), resume=resume)
-    # make_backend is looked up now, so that tests can swap the pool.
-    return launch(cfg, new_run, backend=backend, make_pool=make_backend)
+    return launch(cfg, new_run, backend=backend, make_pool=make_pool)
 
 
 def _summary(
     cfg: Config, state: ServerState, layout: StateLayout, model: Any, seconds: float
-) -> dict[str, Any]:
+) -> RunSummary:
     ev = state.last_eval
-    return {
-        "name": cfg.name,
-        "strategy": cfg.server.strategy,
-        "final_accuracy": ev.accuracy if ev else None,
-        "final_loss": ev.loss if ev else None,
-        "best_accuracy": state.best_accuracy,
-        "final_personal_accuracy": ev.personal_accuracy if ev else None,
-        "best_personal_accuracy": state.best_personal_accuracy,
-        "rounds": state.round,
-        "total_bytes": state.ledger.total_bytes,
-        "bytes_up": state.ledger.total_up,
-        "bytes_down": state.ledger.total_down,
-        "num_params": sum(p.numel() for p in model.parameters()),
-        "num_params_travelling": layout.num_global(model),
-        "wall_seconds": seconds,
-    }
+    return RunSummary(
+        name=cfg.name,
+        strategy=cfg.server.strategy,
+        final_accuracy=ev.accuracy if ev else None,
+        final_loss=ev.loss if ev else None,
+        best_accuracy=state.best_accuracy,
+        final_personal_accuracy=ev.personal_accuracy if ev else None,
+        best_personal_accuracy=state.best_personal_accuracy,
+        rounds=state.round,
+        total_bytes=state.ledger.total_bytes,
+        bytes_up=state.ledger.total_up,
+        bytes_down=state.ledger.total_down,
+        num_params=sum(p.numel() for p in model.parameters()),
+        num_params_travelling=layout.num_global(model),
+        wall_seconds=seconds,
+    )
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> Config:

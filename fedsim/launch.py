@@ -39,11 +39,9 @@ from typing import Literal
 
 from fedsim.backend.base import Backend
 from fedsim.config import Config
-from fedsim.loop import Run, RunResult, drive
+from fedsim.loop import RunFactory, RunResult, drive
 
 BackendName = Literal["ray", "local"]
-RunFactory = Callable[[Backend], Run]
-"""Builds a run around its client pool: ``new_run(pool)``; picklable for Ray."""
 
 
 def _absolute(path: str | Path, cwd: Path | None) -> str:
@@ -69,20 +67,12 @@ def absolute_dir(path: Path | None, cwd: Path | None = None) -> Path | None:
     return None if path is None else Path(_absolute(path, cwd))
 
 
-def client_pool(name: BackendName, cfg: Config) -> Backend:
-    """A client pool made in this process.
+def local_pool(cfg: Config) -> Backend:
+    """The in-process pool of a ``"local"`` run: clients one after another here."""
+    from fedsim.backend.local import LocalBackend
+    from fedsim.model import worker_spec
 
-    ``local``: clients train one after another here. ``ray``: client actors
-    (Ray must be initialized; :func:`launch` makes this pool in the driver
-    actor instead).
-    """
-    if name == "local":
-        from fedsim.backend.local import LocalBackend
-
-        return LocalBackend(cfg)
-    from fedsim.backend.ray_pool import RayPool
-
-    return RayPool(cfg)
+    return LocalBackend(worker_spec(cfg))
 
 
 @contextlib.contextmanager
@@ -113,7 +103,7 @@ def launch(
     *,
     backend: BackendName = "ray",
     address: str | None = None,
-    make_pool: Callable[[BackendName, Config], Backend] = client_pool,
+    make_pool: Callable[[Config], Backend] = local_pool,
 ) -> RunResult:
     """Run ``new_run``'s run to ``cfg.rounds`` where ``backend`` says.
 
@@ -131,7 +121,7 @@ def launch(
         The config or the data does not fit (also from the driver actor).
     """
     if backend == "local":
-        return drive(new_run(make_pool("local", cfg)), cfg)
+        return drive(new_run(make_pool(cfg)), cfg)
     with ray_cluster(address or cfg.resources.address):
         from fedsim.backend.ray_driver import DriverHandle
 

@@ -22,14 +22,19 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fedsim.config import Config
-from fedsim.tracking import Progress, RoundMetrics
+from fedsim.progress import Progress
+from fedsim.results import RunSummary
+from fedsim.tracking import RoundMetrics
+
+if TYPE_CHECKING:
+    from fedsim.backend.base import Backend
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,7 @@ class RunResult:
     """Where a run wrote its files and what it ended with."""
 
     run_dir: Path
-    summary: dict[str, Any]
+    summary: RunSummary
 
 
 class RunStopped(Exception):
@@ -76,6 +81,10 @@ class Run(Protocol):
 
     def close(self) -> None:
         """Release everything (idempotent)."""
+
+
+RunFactory = Callable[["Backend"], Run]
+"""Builds a run around its client pool: ``new_run(pool)``; picklable for Ray."""
 
 
 class _StopRequest:
@@ -137,7 +146,15 @@ def drive(run: Run, cfg: Config) -> RunResult:
         round could not be completed.
     """
     try:
-        with Progress(cfg, run.next_round()) as progress, stop_on_signals():
+        r = cfg.resources
+        progress_bar = Progress(
+            cfg.name,
+            rounds=cfg.rounds,
+            initial=run.next_round(),
+            enabled=cfg.log.progress,
+            compiles=r.compile != "off" or r.cuda_graph,
+        )
+        with progress_bar as progress, stop_on_signals():
             for _ in range(run.next_round(), cfg.rounds):
                 progress.update(run.step())
                 if (signum := stop_requested()) is not None:

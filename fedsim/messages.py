@@ -55,6 +55,8 @@ class ClientTask:
     seed: int
     hparams: ClientHParams
     algorithm: ClientAlgorithm = field(default_factory=ClientAlgorithm)
+    # Channels for this client alone, beside the round's shared payload.
+    payload: Channels = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +79,8 @@ class ClientUpdate:
     setup_seconds
         Of ``train_seconds``, the time spent compiling or capturing the
         training step (the first client of a worker, or a changed shape).
+    metrics
+        The client half's diagnostics (FedNova's step count, ...).
     """
 
     client_id: int
@@ -87,6 +91,7 @@ class ClientUpdate:
     steps: int = 0
     setup_seconds: float = 0.0
     keep: Channels = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

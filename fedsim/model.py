@@ -20,9 +20,10 @@ True
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from fedsim.config import Config, ConfigError
+from fedsim.config import Config, ConfigError, ResourcesConfig
 from fedsim.data import dataset_info
 from lightning_modules.spec import ModelSpec, input_problem
 
@@ -63,9 +64,59 @@ def build_backbone(
     cfg: Config, num_classes: int, input_shape: tuple[int, ...]
 ) -> nn.Module:
     """Build the config's backbone, seeded with the run seed."""
+    return seeded_model(model_spec(cfg, num_classes, input_shape), cfg.seed)
+
+
+def preflight(cfg: Config) -> nn.Module:
+    """Check that the data is present and the model fits it; return the model.
+
+    Raises
+    ------
+    DataError
+        The dataset is missing (the message says how to fetch it).
+    ConfigError
+        The model cannot be built for this dataset.
+    """
+    from fedsim.data import check_available
+
+    check_available(cfg.data.name, cfg.data.root)
+    return checked_model(cfg)
+
+
+def checked_model(cfg: Config) -> nn.Module:
+    """The config's model for its dataset, or a ConfigError saying why not."""
+    spec = check_model_fits(cfg)
+    return build_backbone(cfg, spec.num_classes, spec.input_shape)
+
+
+def seeded_model(spec: ModelSpec, seed: int) -> nn.Module:
+    """``spec``'s model drawn from ``seed``: the same weights in every process."""
     import torch  # here, so that checking a config never imports torch
 
     from lightning_modules.models import build_model
 
-    torch.manual_seed(cfg.seed)
-    return build_model(model_spec(cfg, num_classes, input_shape))
+    torch.manual_seed(seed)
+    return build_model(spec)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerSpec:
+    """What a client worker is built from: its model, the run's seed, its slice.
+
+    Workers take this, not the whole config: the training settings travel with
+    each task, the data with :meth:`~fedsim.backend.base.Backend.attach`.
+    """
+
+    model: ModelSpec
+    seed: int
+    resources: ResourcesConfig
+
+
+def worker_spec(cfg: Config) -> WorkerSpec:
+    """The :class:`WorkerSpec` of ``cfg`` (torch-free)."""
+    info = dataset_info(cfg.data.name)
+    return WorkerSpec(
+        model=model_spec(cfg, info.num_classes, info.input_shape),
+        seed=cfg.seed,
+        resources=cfg.resources,
+    )

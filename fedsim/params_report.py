@@ -14,14 +14,15 @@ from dataclasses import replace
 from typing import Any
 
 from fedsim.config import Config
-from fedsim.experiment import checked_model, model_layout
+from fedsim.model import checked_model
+from fedsim.strategy import state_layout
 
 FP32_BYTES = 4
 
 
 def _counts(cfg: Config) -> tuple[int, int]:
     model = checked_model(cfg)
-    layout = model_layout(cfg, model)
+    layout = state_layout(cfg, model)
     total = sum(p.numel() for p in model.parameters())
     return total, layout.num_global(model)
 

@@ -5,18 +5,19 @@ Reads run directories (``config.yaml``, ``metrics.jsonl``, optional
 ``report.csv`` (one row per run) plus accuracy against cumulative GB (the
 paper's Figure 3 axes) and against rounds as PNG and SVG.
 
-A resumed run may repeat rounds in ``metrics.jsonl``: each round is read once,
-its last occurrence wins. Only evaluated rounds (``accuracy`` not null) count
-for final/best accuracy, the target and the figures.
+Rows are read as :class:`~fedsim.results.History` reads them: each round once
+(should a file repeat one, its last row wins), a field an older file lacks at
+its default. Only evaluated rounds (``accuracy`` not null) count for final/best
+accuracy, the target and the figures.
 
 Example
 -------
->>> import tempfile
+>>> import json, tempfile
 >>> run, out = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
 >>> _ = (run / "config.yaml").write_text("name: demo\nmodel: {param: original}\n")
->>> row = {"round": 0, "accuracy": 0.9, "bytes_up": 10**9, "bytes_down": 10**9,
-...        "cumulative_bytes": 2 * 10**9, "num_clients": 2, "round_seconds": 1.5}
->>> _ = (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+>>> row = RoundMetrics(round=0, accuracy=0.9, bytes_up=10**9, bytes_down=10**9,
+...                    cumulative_bytes=2 * 10**9, num_clients=2, round_seconds=1.5)
+>>> _ = (run / "metrics.jsonl").write_text(json.dumps(row.to_json()) + "\n")
 >>> [p.name for p in write_report([run], out, target=0.8).paths[:3]]
 ['report.md', 'report.csv', 'accuracy_vs_gb.png']
 >>> (out / "report.csv").read_text().splitlines()[1]
@@ -25,10 +26,8 @@ Example
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,42 +38,12 @@ from fedsim.comm import simulated_link_seconds
 from fedsim.config import ConfigError
 from fedsim.report_plot import Curve, plot_curves
 from fedsim.report_table import ReportRow, format_csv, format_markdown
-
-log = logging.getLogger(__name__)
+from fedsim.results import History, RunSummary
+from fedsim.tracking import RoundMetrics
 
 
 class ReportError(ConfigError):
     """A run directory's content or a report option is unusable."""
-
-
-@dataclass(frozen=True)
-class RoundPoint:
-    """One round of ``metrics.jsonl``; ``accuracy`` is None where not evaluated."""
-
-    round: int
-    accuracy: float | None = None
-    personal_accuracy: float | None = None
-    bytes_up: int = 0
-    bytes_down: int = 0
-    cumulative_bytes: int = 0
-    num_clients: int = 1
-    num_failed: int = 0
-    round_seconds: float = 0.0
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> RoundPoint:
-        """Parse one metrics row; a missing or non-finite accuracy is None."""
-        return cls(
-            round=int(obj["round"]),
-            accuracy=_opt_float(obj.get("accuracy")),
-            personal_accuracy=_opt_float(obj.get("personal_accuracy")),
-            bytes_up=int(obj["bytes_up"]),
-            bytes_down=int(obj["bytes_down"]),
-            cumulative_bytes=int(obj["cumulative_bytes"]),
-            num_clients=int(obj.get("num_clients", 1)),
-            num_failed=int(obj.get("num_failed", 0)),
-            round_seconds=float(obj.get("round_seconds", 0.0)),
-        )
 
 
 @dataclass(frozen=True)
@@ -84,7 +53,7 @@ class Link:
     uplink_mbps: float
     downlink_mbps: float
 
-    def client_seconds(self, p: RoundPoint) -> float:
+    def client_seconds(self, p: RoundMetrics) -> float:
         """Link seconds of ONE client in round ``p``: download then upload.
 
         The round's ``bytes_down`` is split over the clients sampled
@@ -93,8 +62,8 @@ class Link:
 
         Examples
         --------
-        >>> p = RoundPoint(0, bytes_down=3_000_000, bytes_up=2_000_000,
-        ...                num_clients=2, num_failed=1)
+        >>> p = RoundMetrics(round=0, bytes_down=3_000_000, bytes_up=2_000_000,
+        ...                  cumulative_bytes=5_000_000, num_clients=2, num_failed=1)
         >>> Link(uplink_mbps=8, downlink_mbps=16).client_seconds(p)
         1.5
         """
@@ -104,11 +73,11 @@ class Link:
 
 
 @dataclass(frozen=True)
-class Run:
+class RunRecord:
     """What the report needs of one run directory."""
 
     name: str
-    points: tuple[RoundPoint, ...]
+    history: History
     arch: str = ""
     param: str = ""
     gamma: float | None = None
@@ -131,36 +100,7 @@ def _opt_float(value: Any) -> float | None:
     return float(value)
 
 
-def parse_metrics(text: str, source: str = "metrics.jsonl") -> tuple[RoundPoint, ...]:
-    r"""Rounds of a ``metrics.jsonl`` text, each once (last wins), sorted.
-
-    Unparseable lines (a write cut short by a crash) are skipped with a warning.
-
-    Examples
-    --------
-    >>> text = '{"round": 1, "accuracy": 0.5, "bytes_up": 1, "bytes_down": 1, '
-    >>> text += '"cumulative_bytes": 4}\n{"round": 0, "accuracy": null, '
-    >>> text += '"bytes_up": 1, "bytes_down": 1, "cumulative_bytes": 2}\n'
-    >>> [(p.round, p.accuracy) for p in parse_metrics(text + text)]
-    [(0, None), (1, 0.5)]
-    """
-    by_round: dict[int, RoundPoint] = {}
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            point = RoundPoint.from_json(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s: line %d is not JSON; skipped", source, n)
-            continue
-        except (KeyError, TypeError, ValueError) as exc:
-            msg = f"{source}: line {n} is not a metrics row ({exc!r})"
-            raise ReportError(msg) from exc
-        by_round[point.round] = point
-    return tuple(by_round[r] for r in sorted(by_round))
-
-
-def load_run(run_dir: Path) -> Run:
+def load_run(run_dir: Path) -> RunRecord:
     """Read one run directory (raises FileNotFoundError if it is not one).
 
     Examples
@@ -175,30 +115,30 @@ def load_run(run_dir: Path) -> Run:
         raise FileNotFoundError(
             f"not a run directory (no config.yaml or metrics.jsonl): {run_dir}"
         )
-    points = parse_metrics(metrics.read_text(), str(metrics))
-    if not points:
+    try:
+        history, summary = History.load(run_dir), RunSummary.load(run_dir)
+    except ValueError as exc:
+        raise ReportError(str(exc)) from exc
+    if not history:
         raise ReportError(f"{metrics} has no rounds yet")
     cfg = yaml.safe_load(config.read_text()) or {}
     model, server = cfg.get("model") or {}, cfg.get("server") or {}
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    travelling = summary.get("num_params_travelling")
-    return Run(
+    return RunRecord(
         name=str(cfg.get("name", run_dir.name)),
-        points=points,
+        history=history,
         arch=str(model.get("arch", "")),
         param=str(model.get("param", "")),
         gamma=_opt_float(model.get("gamma")),
         strategy=str(server.get("strategy", "")),
-        params_travelling=None if travelling is None else int(travelling),
-        wall_seconds=_opt_float(summary.get("wall_seconds")),
+        params_travelling=summary.num_params_travelling if summary else None,
+        wall_seconds=summary.wall_seconds if summary else None,
     )
 
 
 METRICS = ("auto", "global", "personal")
 
 
-def scored_metric(points: Sequence[RoundPoint], metric: str = "auto") -> str:
+def scored_metric(points: Sequence[RoundMetrics], metric: str = "auto") -> str:
     """The field a run is scored on: its curve and its GB to the target.
 
     ``"global"``: the server model's accuracy; ``"personal"``: the clients' own
@@ -215,14 +155,16 @@ def scored_metric(points: Sequence[RoundPoint], metric: str = "auto") -> str:
 
 
 def first_reaching(
-    points: Sequence[RoundPoint], target: float, metric: str = "accuracy"
-) -> RoundPoint | None:
+    points: Sequence[RoundMetrics], target: float, metric: str = "accuracy"
+) -> RoundMetrics | None:
     """The first evaluated round with ``metric >= target`` (None if never).
 
     Examples
     --------
-    >>> pts = [RoundPoint(0, 0.5, cumulative_bytes=10**9), RoundPoint(1, None),
-    ...        RoundPoint(2, 0.8, cumulative_bytes=3 * 10**9)]
+    >>> def row(r, acc, gb):
+    ...     return RoundMetrics(round=r, accuracy=acc, bytes_up=0, bytes_down=0,
+    ...                         cumulative_bytes=gb * 10**9)
+    >>> pts = [row(0, 0.5, 1), row(1, None, 2), row(2, 0.8, 3)]
     >>> first_reaching(pts, 0.7).cumulative_bytes / 1e9, first_reaching(pts, 0.9)
     (3.0, None)
     """
@@ -233,18 +175,20 @@ def first_reaching(
 
 
 def summarize(
-    run: Run, target: float, link: Link | None = None, metric: str = "auto"
+    run: RunRecord, target: float, link: Link | None = None, metric: str = "auto"
 ) -> ReportRow:
     """One report row, without the ratio to the original (see :func:`build_rows`).
 
     Examples
     --------
-    >>> run = Run("a", (RoundPoint(0, 0.9, bytes_up=4, cumulative_bytes=4),))
+    >>> row = RoundMetrics(round=0, accuracy=0.9, bytes_up=4, bytes_down=0,
+    ...                    cumulative_bytes=4)
+    >>> run = RunRecord("a", History.of([row]))
     >>> row = summarize(run, target=0.5)
     >>> row.bytes_per_round, row.final_accuracy, row.gb_to_target
     (4.0, 0.9, 4e-09)
     """
-    pts = run.points
+    pts = run.history.rows
     acc = [a for p in pts if (a := p.accuracy) is not None]
     personal = [a for p in pts if (a := p.personal_accuracy) is not None]
     reached = first_reaching(pts, target, scored_metric(pts, metric))
@@ -272,7 +216,7 @@ def summarize(
 
 
 def build_rows(
-    runs: Sequence[Run],
+    runs: Sequence[RunRecord],
     target: float,
     link: Link | None = None,
     metric: str = "auto",
@@ -281,8 +225,10 @@ def build_rows(
 
     Examples
     --------
-    >>> pts = lambda gb: (RoundPoint(0, 0.9, cumulative_bytes=gb * 10**9),)
-    >>> runs = [Run("o", pts(10), param="original"), Run("f", pts(2))]
+    >>> def pts(gb):
+    ...     return History.of([RoundMetrics(round=0, accuracy=0.9, bytes_up=0,
+    ...                        bytes_down=0, cumulative_bytes=gb * 10**9)])
+    >>> runs = [RunRecord("o", pts(10), param="original"), RunRecord("f", pts(2))]
     >>> [row.gb_ratio_to_original for row in build_rows(runs, target=0.5)]
     [1.0, 0.2]
     """
@@ -337,9 +283,10 @@ def write_report(
     return ReportOutput(markdown, (md_path, csv_path, *figures))
 
 
-def _curve(run: Run, scored: str) -> Curve:
-    metric = scored_metric(run.points, scored)
-    evaluated = [(p, v) for p in run.points if (v := getattr(p, metric)) is not None]
+def _curve(run: RunRecord, scored: str) -> Curve:
+    rows = run.history.rows
+    metric = scored_metric(rows, scored)
+    evaluated = [(p, v) for p in rows if (v := getattr(p, metric)) is not None]
     personal = " (personal)" if metric == "personal_accuracy" else ""
     return Curve(
         label=run.name + personal,
@@ -349,7 +296,9 @@ def _curve(run: Run, scored: str) -> Curve:
     )
 
 
-def _unique_names(runs: Sequence[Run], run_dirs: Sequence[Path]) -> list[Run]:
+def _unique_names(
+    runs: Sequence[RunRecord], run_dirs: Sequence[Path]
+) -> list[RunRecord]:
     names = [r.name for r in runs]
     bases = [Path(d).name for d in run_dirs]
     tags = [

@@ -111,8 +111,12 @@ def format_markdown(
 
     Examples
     --------
-    >>> from fedsim.report import RoundPoint, Run, build_rows
-    >>> run = Run("a", (RoundPoint(0, 0.5, bytes_up=7, round_seconds=2.0),))
+    >>> from fedsim.report import RunRecord, build_rows
+    >>> from fedsim.results import History
+    >>> from fedsim.tracking import RoundMetrics
+    >>> row = RoundMetrics(round=0, accuracy=0.5, bytes_up=7, bytes_down=0,
+    ...                    cumulative_bytes=7, round_seconds=2.0)
+    >>> run = RunRecord("a", History.of([row]))
     >>> print(format_markdown(build_rows([run], 0.9), 0.9).splitlines()[2])
     | a |  |  |  |  |  | 7 | 1 | 0.5000 | 0.5000 |  |  | not reached |  | 2.0* |
     """
@@ -150,8 +154,12 @@ def format_csv(rows: Sequence[ReportRow], link: Link | None = None) -> str:
 
     Examples
     --------
-    >>> from fedsim.report import RoundPoint, Run, build_rows
-    >>> run = Run("a", (RoundPoint(0, 0.5, bytes_up=7, round_seconds=2.0),))
+    >>> from fedsim.report import RunRecord, build_rows
+    >>> from fedsim.results import History
+    >>> from fedsim.tracking import RoundMetrics
+    >>> row = RoundMetrics(round=0, accuracy=0.5, bytes_up=7, bytes_down=0,
+    ...                    cumulative_bytes=7, round_seconds=2.0)
+    >>> run = RunRecord("a", History.of([row]))
     >>> print(format_csv(build_rows([run], 0.9)).splitlines()[1])
     a,,,,,,7.0,1,0.5,0.5,,,0.9,,,2.0,true
     """

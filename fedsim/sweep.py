@@ -26,6 +26,9 @@ one run: each running run finishes its round and checkpoints, queued runs do
 not start, and :class:`SweepStopped` lists each stopped run's resume line and
 the runs never started.
 
+:func:`run_sweep` runs any list of configs: ``fedsim compare``'s variants
+(:mod:`fedsim.compare`) are a sweep along one axis, run the same way.
+
 Example
 -------
 >>> [c.name for c in sweep_configs(None, ["rounds=1"], ["model.param=original,fedpara",
@@ -47,7 +50,7 @@ from typing import TYPE_CHECKING, cast
 from fedsim.config import Config, ConfigError, load_config
 from fedsim.launch import absolute_dir
 from fedsim.loop import RunResult, RunStopped, stop_on_signals, stop_requested
-from fedsim.tracking import PROGRESS_ROW
+from fedsim.progress import PROGRESS_ROW
 
 if TYPE_CHECKING:
     from fedsim.launch import BackendName
@@ -136,13 +139,16 @@ def run_sweep(
     max_concurrent: int,
     slots: int | None = None,
     run_dirs: Sequence[Path | None] | None = None,
+    *,
+    what: str = "sweep",
 ) -> list[RunResult]:
     """Run ``configs``, up to ``max_concurrent`` at once on Ray; results in order.
 
     ``slots`` (client actors the cluster holds) is divided among the concurrent
     runs whose config does not fix ``resources.num_actors``. ``run_dirs``, one
     per config (see :func:`given_run_dirs`), says where each run writes (None:
-    ``<log.root>/<name>/<time>``).
+    ``<log.root>/<name>/<time>``). ``what`` names the set in a
+    :class:`SweepStopped` message (``"compare"`` for ``fedsim compare``).
     """
     from fedsim.experiment import run_experiment
 
@@ -177,7 +183,7 @@ def run_sweep(
     ]
     if all(isinstance(r, RunResult) for r in results):
         return cast(list[RunResult], results)
-    raise SweepStopped(configs, results, errors, signum)
+    raise SweepStopped(configs, results, errors, signum, what)
 
 
 class SweepStopped(RunStopped):
@@ -192,11 +198,12 @@ class SweepStopped(RunStopped):
         results: Sequence[RunResult | None],
         errors: Sequence[BaseException | None],
         signum: int | None,
+        what: str = "sweep",
     ) -> None:
         stopped = [e for e in errors if isinstance(e, RunStopped)]
         done = sum(isinstance(r, RunResult) for r in results)
         why = f"by {signal.Signals(signum).name}" if signum else "early"
-        lines = [f"sweep stopped {why}: {done} of {len(configs)} runs finished"]
+        lines = [f"{what} stopped {why}: {done} of {len(configs)} runs finished"]
         lines += [
             f"  {cfg.name}: {e}" for cfg, e in zip(configs, errors, strict=True) if e
         ]

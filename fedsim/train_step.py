@@ -21,8 +21,9 @@ captured (``cuda_graph=true``, CUDA only)
     constant frozen into the graph), and fp16 loss scaling (refused with this
     form) reads the gradients back to the host. The SGD update here is the
     same rule as ``torch.optim.SGD`` (weight decay, momentum, no dampening).
-    A client whose algorithm changes the loss or the gradients (FedProx,
-    SCAFFOLD, FedDyn) runs the compiled or eager step instead.
+    The client algorithm's hooks are recorded too: the tensors they read
+    (FedProx's global model, SCAFFOLD's correction, FedDyn's terms) are static
+    inputs of the graph, refilled for every client.
 
 Compilation and capture happen on the first client an actor trains; their
 seconds are reported apart from training (:attr:`StepEngine.setup_seconds`).
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from fedsim.algorithm import ClientAlgorithm
+from fedsim.algorithm import AlgoState, ClientAlgorithm, hooked_step
 from fedsim.config import ResourcesConfig
 from fedsim.data.batches import Batch
 from fedsim.messages import ClientHParams
@@ -71,13 +72,14 @@ def apply_numeric_policy(resources: ResourcesConfig) -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = resources.compile_cache_dir
 
 
-def has_step_hooks(algorithm: ClientAlgorithm) -> bool:
-    """Whether the algorithm changes the loss or the gradients of a step."""
-    cls = type(algorithm)
-    return (
-        cls.loss is not ClientAlgorithm.loss
-        or cls.after_backward is not ClientAlgorithm.after_backward
-    )
+def _step_state(algorithm: ClientAlgorithm, state: AlgoState) -> AlgoState:
+    """The namespaces of ``state`` that the algorithm's step hooks read."""
+    return {ns: state[ns] for ns in algorithm.step_state}
+
+
+def shapes_of(tensors: Mapping[str, Tensor]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Names and shapes of ``tensors``, hashable (a capture's key)."""
+    return tuple((name, tuple(t.shape)) for name, t in tensors.items())
 
 
 class StepEngine:
@@ -136,40 +138,58 @@ class StepEngine:
     # ---------------------------------------------------------------- a client
 
     def prepare(
-        self, hp: ClientHParams, algorithm: ClientAlgorithm, example: Batch
+        self,
+        hp: ClientHParams,
+        algorithm: ClientAlgorithm,
+        state: AlgoState,
+        params: Mapping[str, nn.Parameter],
+        example: Batch,
     ) -> bool:
         """Set up for a client before it is seeded; True if its steps are captured.
 
-        Capture (on the first client, or when the batch size, momentum or
-        weight decay change) runs warm-up steps on ``example``, a padded batch
-        of the client's shape, and those draw random numbers: so it happens
-        here, before the caller seeds the client's generators.
+        Capture (on the first client, or when the batch size, optimizer
+        settings, algorithm or the layout of its step state change) runs
+        warm-up steps on ``example``, a padded batch of the client's shape,
+        and those draw random numbers: so it happens here, before the caller
+        seeds the client's generators. The algorithm's step state (FedProx's
+        global model, SCAFFOLD's correction) becomes static tensors of the
+        graph, refilled for every client.
         """
-        if not self.capture or has_step_hooks(algorithm):
+        if not self.capture:
             return False
-        key = (hp.batch_size, hp.momentum, hp.weight_decay)
+        step_state = _step_state(algorithm, state)
+        key = (
+            hp.batch_size,
+            hp.momentum,
+            hp.weight_decay,
+            algorithm,
+            tuple((ns, shapes_of(t)) for ns, t in step_state.items()),
+        )
         if self._graph is None or self._graph.key != key:
             t0 = time.perf_counter()
             self._graph = None  # free the old graph's pool first
-            self._graph = _CapturedStep(self, key, example)
+            self._graph = _CapturedStep(
+                self, key, algorithm, step_state, params, example
+            )
             self._warm = True  # warm-up compiled the step too
             self.setup_seconds += time.perf_counter() - t0
         return True
 
-    def begin(self, hp: ClientHParams, captured: bool) -> None:
-        """Fresh optimizer state and this client's learning rate."""
+    def begin(self, hp: ClientHParams, state: AlgoState, captured: bool) -> None:
+        """Fresh optimizer state, this client's learning rate and step state."""
         for group in self.optimizer.param_groups:
             group.update(lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         self.optimizer.state.clear()  # fresh SGD momentum per client
         if captured:
             assert self._graph is not None
-            self._graph.reset(hp.lr)
+            self._graph.reset(hp.lr, state)
 
     def step(
         self,
         batch: Batch,
         params: Mapping[str, nn.Parameter],
         algorithm: ClientAlgorithm,
+        state: AlgoState,
         captured: bool,
     ) -> None:
         """One optimizer step on ``batch``; its summed loss adds to ``loss_sum``."""
@@ -183,8 +203,7 @@ class StepEngine:
         # so mixed precision is entered here.
         with self.fabric.autocast():
             loss = self.loss_fn(_inputs(batch), 0)
-        self.fabric.backward(algorithm.loss(params, loss))
-        algorithm.after_backward(params)
+        hooked_step(algorithm, state, params, loss, self.fabric.backward)
         self.optimizer.step()
         self.loss_sum += loss.detach() * batch.size
         if not self._warm:  # the first compiled step: tracing and compiling
@@ -301,29 +320,43 @@ class _CapturedStep:
     """The whole training step, recorded once over static tensors."""
 
     def __init__(
-        self, engine: StepEngine, key: tuple[int, float, float], example: Batch
+        self,
+        engine: StepEngine,
+        key: Any,
+        algorithm: ClientAlgorithm,
+        step_state: AlgoState,
+        params: Mapping[str, nn.Parameter],
+        example: Batch,
     ) -> None:
         if example.weight is None:
             raise ValueError("a captured step takes padded batches")
-        self.engine, self.key = engine, key
-        _, self.momentum, self.weight_decay = key
+        self.engine, self.key, self.algorithm = engine, key, algorithm
+        _, self.momentum, self.weight_decay, _, _ = key
         self.params: list[Tensor] = [
             p for p in engine.module.parameters() if p.requires_grad
         ]
+        self.named = dict(params)  # the travelling parameters the hooks see
         self.neg_lr = torch.zeros((), device=engine.device)  # -lr; 0 in warm-up
         self.buffers = [torch.zeros_like(p) for p in self.params]  # SGD momentum
         self.count = torch.zeros((), device=engine.device)  # real rows of the batch
         self.static = (example.x.clone(), example.y.clone(), example.weight.clone())
+        self.state = {
+            ns: {n: t.detach().clone() for n, t in group.items()}
+            for ns, group in step_state.items()
+        }
         saved_sum = engine.loss_sum.clone()
         self._replay = engine.recorder.record(self._one_step, self.params)
         engine.loss_sum.copy_(saved_sum)  # warm-up losses are not the client's
         torch._foreach_zero_(self.buffers)
         log.info("captured the training step (batch %s)", key[0])
 
-    def reset(self, lr: float) -> None:
-        """A new client: its learning rate, zero momentum."""
+    def reset(self, lr: float, state: AlgoState) -> None:
+        """A new client: its learning rate, zero momentum, its step state."""
         self.neg_lr.fill_(-lr)
         torch._foreach_zero_(self.buffers)
+        for ns, group in self.state.items():
+            for name, t in group.items():
+                t.copy_(state[ns][name])
 
     def replay(self, batch: Batch) -> None:
         """Copy ``batch`` into the static inputs and run the recorded step."""
@@ -339,16 +372,19 @@ class _CapturedStep:
         self._replay()
 
     def _one_step(self) -> None:
-        engine = self.engine
+        engine, algorithm = self.engine, self.algorithm
         with engine.autocast():
             loss = engine.loss_fn(self.static, 0)
-        loss.backward()
-        grads = [p.grad for p in self.params]
-        if any(g is None for g in grads):
+        algorithm.loss(self.state, self.named, loss).backward()
+        grads = {n: p.grad for n, p in self.named.items() if p.grad is not None}
+        corrected = algorithm.gradients(self.state, grads)  # type: ignore[arg-type]
+        by_id = {id(self.named[n]): g for n, g in corrected.items()}
+        step = [by_id.get(id(p), p.grad) for p in self.params]
+        if any(g is None for g in step):
             raise RuntimeError("a trainable parameter got no gradient in the step")
         sgd_update(
             self.params,
-            grads,  # type: ignore[arg-type]
+            step,  # type: ignore[arg-type]
             self.buffers,
             self.neg_lr,
             momentum=self.momentum,

@@ -20,7 +20,7 @@ def local_ray() -> Iterator[Any]:
     """A fresh Ray on loopback with 2 CPUs, shut down pass or fail."""
     import ray
 
-    from fedsim.backend.ray_pool import start_ray
+    from fedsim.backend.cluster import start_ray
 
     start_ray(None, num_cpus=2)
     try:

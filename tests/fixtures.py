@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fedsim.config import Config, load_config
 from fedsim.driver import client_seed
@@ -35,3 +36,31 @@ def tiny_task(client: int, server_round: int = 0, **hparams: float) -> ClientTas
         seed=client_seed(0, server_round, client),
         hparams=ClientHParams(**settings),  # type: ignore[arg-type]
     )
+
+
+def run_model(cfg: Config) -> Any:
+    """The model a run of ``cfg`` starts from (the backbone, seeded)."""
+    from fedsim.client import build_classifier
+    from fedsim.model import worker_spec
+
+    return build_classifier(worker_spec(cfg).model, cfg.seed).model
+
+
+def readme_keys(file: str) -> list[str]:
+    """The keys the README's run-directory table lists for ``file`` (in order).
+
+    The row reads ``| `metrics.jsonl` | one object per round: `round, ...`; ...``:
+    the first backticked list after the file name.
+    """
+    (row,) = [
+        line
+        for line in (REPO / "README.md").read_text().splitlines()
+        if line.startswith(f"| `{file}` |")
+    ]
+    listed = row.split("|")[2].split("`")[1]
+    return [key.strip() for key in listed.split(",")]
+
+
+def load_data(cfg: Config) -> Any:
+    """``(data, partition)`` of ``cfg``, loaded and split in this process."""
+    return cfg.data_request()()

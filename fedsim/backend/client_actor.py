@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from fedsim.backend.base import ClientResult, EvalOutcome, failure
-from fedsim.config import Config
 from fedsim.data import FederatedData, Partition
 from fedsim.messages import MODEL, Channels, ClientEval, ClientTask, EvalResult
 
 if TYPE_CHECKING:
     from fedsim.client import ClientRunner
+    from fedsim.model import WorkerSpec
     from fedsim.params import StateLayout
 
 log = logging.getLogger(__name__)
@@ -97,13 +97,13 @@ def _absent(names: tuple[str, ...]) -> Iterator[None]:
 class ClientActor:
     """A Ray actor wrapping one :class:`fedsim.client.ClientRunner`."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, worker: WorkerSpec) -> None:
         # torch and Lightning load now, while the driver is still loading data.
         lean_import()
         import fedsim.client
 
         self._client_module = fedsim.client
-        self.cfg = cfg
+        self.worker = worker
         self._runner: ClientRunner | None = None
         self._payload_ref: Any = None
         self._payload: Mapping[str, Any] = {}
@@ -113,7 +113,7 @@ class ClientActor:
     ) -> None:
         """Build the model and the dataset view once for this actor's lifetime."""
         self._runner = self._client_module.ClientRunner(
-            self.cfg, data, partition, layout
+            self.worker, data, partition, layout
         )
 
     @property

@@ -4,13 +4,13 @@ Example
 -------
 >>> from fedsim.config import load_config
 >>> from fedsim.data import PartitionSpec, load_dataset, make_partition
->>> from fedsim.model import build_backbone
+>>> from fedsim.model import build_backbone, worker_spec
 >>> from fedsim.params import StateLayout
 >>> cfg = load_config(None, ["data.num_clients=3", "server.clients_per_round=1"])
 >>> data = load_dataset("digits", None)
 >>> part = make_partition(data.y_train, PartitionSpec("iid", 3), seed=0)
 >>> layout = StateLayout.of(build_backbone(cfg, 10, (1, 8, 8)))
->>> with LocalBackend(cfg).attach(data, part, layout) as backend:
+>>> with LocalBackend(worker_spec(cfg)).attach(data, part, layout) as backend:
 ...     backend.num_workers
 1
 """
@@ -29,17 +29,17 @@ from fedsim.backend.base import (
     read_kept,
 )
 from fedsim.client import ClientRunner
-from fedsim.config import Config
 from fedsim.data import FederatedData, Partition
 from fedsim.messages import ClientEval, ClientFailure, ClientTask, EvalResult
+from fedsim.model import WorkerSpec
 from fedsim.params import StateLayout
 
 
 class LocalBackend(Backend):
     """One :class:`ClientRunner` in this process, clients run sequentially."""
 
-    def __init__(self, cfg: Config) -> None:
-        self.cfg = cfg
+    def __init__(self, worker: WorkerSpec) -> None:
+        self.worker = worker
         self.num_workers = 1
         self._runner: ClientRunner | None = None
 
@@ -47,7 +47,7 @@ class LocalBackend(Backend):
         self, data: FederatedData, partition: Partition, layout: StateLayout
     ) -> LocalBackend:
         """Build the runner in this process."""
-        self._runner = ClientRunner(self.cfg, data, partition, layout)
+        self._runner = ClientRunner(self.worker, data, partition, layout)
         return self
 
     @property

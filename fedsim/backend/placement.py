@@ -11,9 +11,8 @@ within ``resources.placement_timeout_s`` is removed and refused with a
 
 Example
 -------
->>> from fedsim.config import load_config
->>> cfg = load_config(None, ["resources.cpus_per_client=2"])
->>> node_capacity(cfg.resources, {"CPU": 3.0}), pool_size(cfg, [{"CPU": 3.0}] * 2)
+>>> res = ResourcesConfig(cpus_per_client=2)
+>>> node_capacity(res, {"CPU": 3.0}), pool_size(res, 10, [{"CPU": 3.0}] * 2)
 (1, 2)
 """
 
@@ -33,7 +32,7 @@ from ray.util.placement_group import (
 )
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from fedsim.config import Config, ConfigError, ResourcesConfig
+from fedsim.config import ConfigError, ResourcesConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,9 @@ def alive_node_resources() -> list[dict[str, float]]:
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 
-def fit_slice(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> Config:
+def fit_slice(
+    res: ResourcesConfig, nodes: Sequence[Mapping[str, float]]
+) -> ResourcesConfig:
     """Check that one client's slice fits a node; without GPUs, train on CPU.
 
     ``nodes`` are the alive nodes' total resources. A GPU slice asked of a
@@ -53,12 +54,11 @@ def fit_slice(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> Config:
     (the paper configs ask for 0.25 GPU); a slice that no node can hold is an
     error, since Ray would otherwise wait for it forever.
 
-    >>> from fedsim.config import load_config
-    >>> cfg = load_config(None, ["resources.gpus_per_client=0.25"])
-    >>> fit_slice(cfg, [{"CPU": 2.0}]).resources.gpus_per_client
+    Returns the slice as decided (the config itself is never rewritten).
+
+    >>> fit_slice(ResourcesConfig(gpus_per_client=0.25), [{"CPU": 2.0}]).gpus_per_client
     0.0
     """
-    res = cfg.resources
     if res.gpus_per_client > 0 and not any(n.get("GPU", 0) > 0 for n in nodes):
         log.warning(
             "the Ray cluster has no GPU: clients train on CPU "
@@ -75,7 +75,7 @@ def fit_slice(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> Config:
             f"{biggest.get('CPU', 0)} CPU and {biggest.get('GPU', 0)} GPU; lower "
             "resources.cpus_per_client / resources.gpus_per_client"
         )
-    return replace(cfg, resources=res)
+    return res
 
 
 def node_capacity(res: ResourcesConfig, node: Mapping[str, float]) -> int:
@@ -102,14 +102,16 @@ def node_capacity(res: ResourcesConfig, node: Mapping[str, float]) -> int:
     return max(0, fits)
 
 
-def cluster_slots(cfg: Config) -> int:
-    """Client slices of ``cfg``'s size the connected cluster holds in all."""
+def cluster_slots(res: ResourcesConfig) -> int:
+    """Client slices of ``res``'s size the connected cluster holds in all."""
     nodes = alive_node_resources()
-    res = fit_slice(cfg, nodes).resources
-    return sum(node_capacity(res, node) for node in nodes)
+    fitted = fit_slice(res, nodes)
+    return sum(node_capacity(fitted, node) for node in nodes)
 
 
-def pool_size(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> int:
+def pool_size(
+    res: ResourcesConfig, cohort_size: int, nodes: Sequence[Mapping[str, float]]
+) -> int:
     """Actors the alive ``nodes`` hold, at most one cohort; or the fixed number.
 
     Raises
@@ -117,11 +119,10 @@ def pool_size(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> int:
     ConfigError
         When ``resources.num_actors`` is more than the nodes can hold.
     """
-    res = cfg.resources
     per_node = [node_capacity(res, n) for n in nodes]
     capacity = sum(per_node)
     if res.num_actors is None:
-        return max(1, min(capacity, cfg.server.clients_per_round))
+        return max(1, min(capacity, cohort_size))
     if res.num_actors > capacity:
         raise ConfigError(
             f"resources.num_actors: the cluster holds {capacity} client actors "
@@ -132,7 +133,7 @@ def pool_size(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> int:
     return res.num_actors
 
 
-def reserve(cfg: Config, size: int, capacity: int) -> PlacementGroup:
+def reserve(res: ResourcesConfig, size: int, capacity: int) -> PlacementGroup:
     """Reserve ``size`` slices in one placement group, or refuse.
 
     PACK puts the actors on as few nodes as can hold them (each node keeps one
@@ -145,7 +146,6 @@ def reserve(cfg: Config, size: int, capacity: int) -> PlacementGroup:
         When the group is not placed within ``resources.placement_timeout_s``
         (the group is removed first, so nothing stays reserved).
     """
-    res = cfg.resources
     bundle = {"CPU": res.cpus_per_client}
     if res.gpus_per_client > 0:
         bundle["GPU"] = res.gpus_per_client

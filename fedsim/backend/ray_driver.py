@@ -18,7 +18,6 @@ Example
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +25,11 @@ import ray
 from ray import cloudpickle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from fedsim.backend.base import Backend
 from fedsim.config import Config, ConfigError
 from fedsim.data import DataError
-from fedsim.loop import Run, RunResult, RunStopped
+from fedsim.loop import RunFactory, RunResult, RunStopped
 from fedsim.tracking import RoundMetrics
 
-RunFactory = Callable[[Backend], Run]
 """Builds a run around its client pool: ``new_run(pool) -> Run``; picklable."""
 
 
@@ -54,9 +51,9 @@ class DriverActor:
         once the client actors are starting, so that they import torch and
         Lightning while this actor imports the run's modules and loads the data.
         """
-        from fedsim.backend.ray_pool import RayPool  # imports no torch: fast
+        from fedsim.backend.ray_pool import pool_for  # imports no torch: fast
 
-        pool = RayPool(cfg)
+        pool = pool_for(cfg)
         try:
             factory: RunFactory = cloudpickle.loads(new_run)
             self._run = factory(pool)

@@ -17,6 +17,7 @@ whose actor died is re-run on another actor.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -31,7 +32,6 @@ from fedsim.backend.base import (
     read_kept,
 )
 from fedsim.backend.client_actor import ClientActor
-from fedsim.backend.cluster import start_ray as start_ray  # moved; importable here
 from fedsim.backend.placement import (
     alive_node_resources,
     fit_slice,
@@ -46,6 +46,7 @@ from fedsim.backend.slots import Done, Job, Lost, Submit
 from fedsim.config import Config
 from fedsim.data import DataRequest, FederatedData, Partition
 from fedsim.messages import MODEL, Channels, ClientFailure, ClientTask, EvalResult
+from fedsim.model import WorkerSpec, worker_spec
 
 if TYPE_CHECKING:  # torch-free at run time: the driver actor starts clients first
     from fedsim.params import StateLayout
@@ -63,9 +64,21 @@ class RayPool(Backend):
 
     Example
     -------
-    >>> pool = RayPool(cfg).attach(data, partition, layout)  # doctest: +SKIP
+    >>> pool = pool_for(cfg).attach(data, partition, layout)  # doctest: +SKIP
     >>> [p["gpu_ids"] for p in pool.placements()]  # doctest: +SKIP
     [['0'], ['0'], ['0'], ['0'], ['1'], ['1'], ['1'], ['1']]
+
+    Parameters
+    ----------
+    worker
+        What each actor builds; ``worker.resources`` sizes the pool and its
+        actors (a GPU slice on a cluster without GPUs becomes a CPU slice:
+        :attr:`resources` holds what was decided).
+    cohort_size
+        Clients per round: the pool never has more actors.
+    stall_s
+        With no actor alive, how long tasks wait for a replacement before
+        they fail; by default ``resources.replacement_timeout_s``.
 
     Raises
     ------
@@ -74,30 +87,33 @@ class RayPool(Backend):
         reservation within ``resources.placement_timeout_s``.
     """
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(
+        self, worker: WorkerSpec, *, cohort_size: int, stall_s: float | None = None
+    ) -> None:
         nodes = alive_node_resources()
-        self.cfg = cfg = fit_slice(cfg, nodes)
-        self.num_workers = pool_size(cfg, nodes)
-        capacity = sum(node_capacity(cfg.resources, n) for n in nodes)
-        self._group: Any = reserve(cfg, self.num_workers, capacity)
+        self.resources = res = fit_slice(worker.resources, nodes)
+        self.worker = replace(worker, resources=res)
+        self.num_workers = pool_size(res, cohort_size, nodes)
+        capacity = sum(node_capacity(res, n) for n in nodes)
+        self._group: Any = reserve(res, self.num_workers, capacity)
         self._refs: tuple[Any, Any, StateLayout] | None = None
         self._loaded: tuple[FederatedData, Partition, list[Any]] | None = None
         self._last_payload: tuple[dict[str, Mapping[str, Any]], list[Any]] | None = None
+        if stall_s is None:
+            stall_s = res.replacement_timeout_s
         try:
-            self._scheduler = Scheduler(
-                self._spawn, self.num_workers, cfg.resources.placement_timeout_s
-            )
+            self._scheduler = Scheduler(self._spawn, self.num_workers, stall_s=stall_s)
         except BaseException:
             release(self._group)
             raise
 
     def _spawn(self, index: int) -> Any:
-        res = self.cfg.resources
+        res = self.resources
         return ClientActor.options(  # type: ignore[attr-defined]
             num_cpus=res.cpus_per_client,
             num_gpus=res.gpus_per_client,
             **in_group(self._group, index),
-        ).remote(self.cfg)
+        ).remote(self.worker)
 
     @property
     def actors(self) -> list[Any]:
@@ -180,7 +196,7 @@ class RayPool(Backend):
         the driver holds one update at a time.
         """
         boxed = self._put(payload)
-        res = self.cfg.resources
+        res = self.resources
         unreadable: dict[int, ClientFailure] = {}
         jobs: list[Job] = []
         for key, task in enumerate(tasks):  # a bad state fails that client only
@@ -197,16 +213,12 @@ class RayPool(Backend):
                     timeout_s=res.client_timeout_s,
                 )
             )
-        outcomes = self._scheduler.run(jobs)
-        parked: dict[int, Done | Lost] = {}
+        outcomes = self._scheduler.run_in_order(jobs)
         for key, task in enumerate(tasks):
             if key in unreadable:
                 yield unreadable.pop(key)
                 continue
-            while key not in parked:
-                outcome = next(outcomes)
-                parked[outcome.key] = outcome
-            yield _train_result(task.client_id, parked.pop(key))
+            yield _train_result(task.client_id, next(outcomes))
 
     # ---------------------------------------------------------------- evaluation
 
@@ -323,3 +335,10 @@ def _train_result(client_id: int, outcome: Done | Lost) -> ClientResult:
     except RayError as exc:  # its object was lost with its node
         return ClientFailure(client_id=client_id, reason=f"result lost: {exc}")
     return result
+
+
+def pool_for(cfg: Config, **options: Any) -> RayPool:
+    """The client pool of ``cfg``'s run: its workers, sized for its cohort."""
+    return RayPool(
+        worker_spec(cfg), cohort_size=cfg.server.clients_per_round, **options
+    )

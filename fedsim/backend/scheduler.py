@@ -12,6 +12,10 @@ A slot is *starting* (its setup ref is pending), *idle*, *busy* or *dead*.
 - With no actor alive, the jobs wait ``stall_s`` for a replacement, then are
   lost with the reason, rather than waiting forever.
 
+Every wait, result, kill and clock reading goes through a
+:class:`~fedsim.backend.runtime.Runtime` (Ray by default), so the state
+machine runs on a fake one in the unit tests.
+
 Example
 -------
 >>> table = Scheduler(spawn=lambda i: f"actor{i}", size=2, stall_s=60)
@@ -22,15 +26,12 @@ Example
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import ray
-from ray.exceptions import RayError
-
-from fedsim.backend.slots import Done, Job, Lost, Slot, is_actor_death, kill
+from fedsim.backend.runtime import RayRuntime, RemoteError, Runtime
+from fedsim.backend.slots import Done, Job, Lost, Slot
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class Scheduler:
         Number of slots.
     stall_s
         How long jobs wait for a replacement when no actor is alive.
+    runtime
+        Waits, results, kills and the clock; :class:`RayRuntime` by default.
 
     Attributes
     ----------
@@ -57,9 +60,17 @@ class Scheduler:
         Actors started so far to replace dead or hung ones.
     """
 
-    def __init__(self, spawn: Callable[[int], Any], size: int, stall_s: float):
+    def __init__(
+        self,
+        spawn: Callable[[int], Any],
+        size: int,
+        *,
+        stall_s: float,
+        runtime: Runtime | None = None,
+    ) -> None:
         self.spawn = spawn
         self.stall_s = stall_s
+        self.runtime: Runtime = runtime if runtime is not None else RayRuntime()
         self.slots = [Slot(index=i, actor=spawn(i)) for i in range(size)]
         self.replacements = 0
         self._setup: Callable[[Any], Any] | None = None
@@ -93,7 +104,7 @@ class Scheduler:
     def kill_all(self) -> None:
         """Kill every actor and forget the setup; the table is empty afterwards."""
         for slot in self.slots:
-            kill(slot.actor)
+            self.runtime.kill(slot.actor)
         self.slots = []
         self._setup = None  # its closure holds the dataset's refs
 
@@ -103,7 +114,7 @@ class Scheduler:
         A slot whose actor never became ready is not replaced again: the
         same cause (a lost node, a broken start) would kill the next one too.
         """
-        kill(slot.actor)
+        self.runtime.kill(slot.actor)
         slot.job = slot.ref = slot.result = slot.setup = None
         slot.dead = True
         again = slot.ready_once and self._setup is not None
@@ -141,11 +152,24 @@ class Scheduler:
                     left -= 1
                     yield outcome
 
+    def run_in_order(self, jobs: Sequence[Job]) -> Iterator[Done | Lost]:
+        """Run ``jobs``; yield their outcomes in the order of ``jobs``.
+
+        An outcome that ends early waits here (a result ref, not the result)
+        until the jobs before it have ended.
+        """
+        outcomes, parked = self.run(jobs), dict[int, Done | Lost]()
+        for job in jobs:
+            while job.key not in parked:
+                outcome = next(outcomes)
+                parked[outcome.key] = outcome
+            yield parked.pop(job.key)
+
     def _dispatch(self, pending: deque[Job]) -> None:
         for slot in self.slots:
             if pending and slot.state == "idle":
                 job = pending.popleft()
-                slot.job, slot.since = job, time.monotonic()
+                slot.job, slot.since = job, self.runtime.now()
                 slot.ref, slot.result = job.submit(slot.actor)
 
     def _step(self, pending: deque[Job]) -> list[Event]:
@@ -167,10 +191,10 @@ class Scheduler:
     def _set_up(self, slot: Slot, *, strict: bool) -> None:
         ref, slot.setup = slot.setup, None
         try:
-            ray.get(ref)
-        except RayError as exc:
-            if strict and not is_actor_death(exc):
-                raise
+            self.runtime.get(ref)
+        except RemoteError as exc:
+            if strict and not exc.actor_died:
+                raise exc.error from None  # a bug in setup: as it was raised
             first_line = str(exc).strip().splitlines()[:1]
             self.replace(slot, f"failed to start ({''.join(first_line)})")
             return
@@ -184,9 +208,9 @@ class Scheduler:
         if job is None:
             return []
         try:
-            value = ray.get(ref)
-        except RayError as exc:
-            if not is_actor_death(exc):
+            value = self.runtime.get(ref)
+        except RemoteError as exc:
+            if not exc.actor_died:
                 return [(job, Lost(job.key, f"ray error: {exc}"))]
             self.replace(slot, f"died running {job.name}")
             if job.retries > 0 and job.epoch == self._epoch:
@@ -199,7 +223,7 @@ class Scheduler:
 
     def _expire(self) -> list[Event]:
         """Jobs past their deadline: lost, their actors killed and replaced."""
-        now, events = time.monotonic(), list[Event]()
+        now, events = self.runtime.now(), list[Event]()
         for slot in self.slots:
             job = slot.job
             if job is None or job.timeout_s is None:
@@ -213,7 +237,7 @@ class Scheduler:
 
     def _stalled(self, pending: deque[Job]) -> list[Event]:
         """No actor alive: wait while a replacement may come, then lose the jobs."""
-        now, starting = time.monotonic(), len(self._setup_refs())
+        now, starting = self.runtime.now(), len(self._setup_refs())
         if starting and self._stalled_since is None:
             self._stalled_since = now
             log.warning(
@@ -241,7 +265,7 @@ class Scheduler:
 
     def _next_deadline(self) -> float | None:
         """Seconds until the next job deadline or the end of a stall."""
-        now = time.monotonic()
+        now = self.runtime.now()
         ends = [
             s.since + s.job.timeout_s - now
             for s in self.slots
@@ -254,12 +278,8 @@ class Scheduler:
     def _setup_refs(self) -> list[Any]:
         return [s.setup for s in self.slots if s.setup is not None]
 
-    @staticmethod
-    def _wait(refs: list[Any], timeout: float | None) -> list[Any]:
-        if not refs:
-            return []
-        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
-        return list(ready)
+    def _wait(self, refs: list[Any], timeout: float | None) -> list[Any]:
+        return self.runtime.wait(refs, timeout) if refs else []
 
     def _say_shortfall(self) -> None:
         """Say once per change that a run goes on with fewer actors."""

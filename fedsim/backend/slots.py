@@ -17,15 +17,9 @@ Example
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError
-
-log = logging.getLogger(__name__)
 
 Submit = Callable[[Any], tuple[Any, Any]]
 """``submit(actor) -> (done_ref, result_ref)``: start a job on an actor.
@@ -80,7 +74,7 @@ class Slot:
     job: Job | None = None
     ref: Any = None  # the job's done ref
     result: Any = None  # the job's result ref
-    since: float = 0.0  # when the job started (monotonic), for its deadline
+    since: float = 0.0  # when the job started (runtime clock), for its deadline
     ready_once: bool = False  # a slot that never became ready is not replaced
     dead: bool = False
 
@@ -94,18 +88,3 @@ class Slot:
         if self.job is not None:
             return "busy"
         return "idle" if self.ready_once else "new"
-
-
-def is_actor_death(exc: BaseException) -> bool:
-    """Whether ``exc`` says the actor (not the task's own code) failed."""
-    if isinstance(exc, RayActorError):
-        return True
-    return isinstance(exc, RayTaskError) and isinstance(exc.cause, RayActorError)
-
-
-def kill(actor: Any) -> None:
-    """Kill ``actor`` for good; one already gone is fine."""
-    try:
-        ray.kill(actor, no_restart=True)
-    except (RayError, ValueError) as exc:  # gone already, or not an actor
-        log.debug("kill: %s", exc)

@@ -8,11 +8,15 @@ it exactly.
 ``init(global) -> state``
     the strategy's state from the initial global tensors.
 ``configure_train(round, global, state, cohort) -> TrainPlan``
-    what travels down (channels), the client hyperparameters, the client half
-    of the algorithm.
-``aggregate_train(round, global, state, updates) -> (global, state)``
-    the next global tensors and state from the round's accepted updates
-    (sorted by client id, one at a time).
+    what travels down (channels), what must come back (the upload's
+    layout), the client hyperparameters (per client where needed), the
+    client half of the algorithm.
+``aggregate_train(round, global, state, updates) -> Aggregate | None``
+    the next global tensors, state and round metrics from the round's
+    accepted updates (sorted by client id), or None: nothing to aggregate.
+    A pure function of its arguments: the driver has already counted every
+    reply's bytes and holds what each client keeps, and commits that only
+    for a round that aggregated.
 ``configure_evaluate(round) -> EvalPlan`` / ``aggregate_evaluate``
     global evaluation, personalized evaluation, or both (see
     :mod:`fedsim.strategy.evaluate`).
@@ -25,20 +29,33 @@ than inheritance chains.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor, nn
 
 from fedsim.algorithm import ClientAlgorithm
-from fedsim.config import ClientConfig, ServerConfig
+from fedsim.config import ClientConfig, Config, ServerConfig
 from fedsim.messages import MODEL, ClientEval, ClientHParams, ClientUpdate, EvalResult
-from fedsim.params import Tensors
+from fedsim.params import StateLayout, Tensors
 from fedsim.strategy.evaluate import EvalMetrics, EvalPlan, EvalSchedule
 
 StrategyState = dict[str, Tensors]
 """Namespaced tensors (``{"m": {...}, "v": {...}}``): plain enough to checkpoint."""
+
+UploadSpec = Mapping[str, Mapping[str, tuple[int, ...]]]
+"""What each client sends back: channel -> tensor name -> shape."""
+
+
+def shapes(tensors: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of ``tensors`` (to declare an upload).
+
+    >>> import torch
+    >>> shapes({"w": torch.zeros(2, 3), "n": torch.tensor(1)})
+    {'w': (2, 3), 'n': ()}
+    """
+    return {name: tuple(t.shape) for name, t in tensors.items()}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,28 +67,84 @@ class StrategySettings:
     num_clients: int
     schedule: EvalSchedule
 
+    @property
+    def options(self) -> Any:
+        """The strategy's own typed settings (``server.settings``)."""
+        return self.server.settings
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientPlan:
+    """One client's own instructions beside the round's shared plan.
+
+    ``hparams`` replaces the plan's for this client; ``payload`` holds channels
+    only this client receives (merged with the shared payload, counted in its
+    download bytes).
+    """
+
+    hparams: ClientHParams | None = None
+    payload: Mapping[str, Tensors] = field(default_factory=dict)
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainPlan:
-    """One round's client work: the same for every client of the cohort.
+    """One round's client work.
 
-    ``payload`` is what travels down, by channel; a client must send back the
-    same channels with the same tensor names and shapes (what the driver checks,
-    see :func:`fedsim.strategy.replies.reply_problem`).
+    Attributes
+    ----------
+    payload
+        What travels down to every client, by channel (put once).
+    hparams
+        Every client's training settings, unless ``clients`` says otherwise.
+    algorithm
+        The client half of the algorithm.
+    upload
+        What each client must send back (channel -> name -> shape): the one
+        reply check compares replies with it (see
+        :func:`fedsim.strategy.replies.reply_problem`), so a client may upload
+        a channel it never received (FedNova's step counts).
+    clients
+        Per-client instructions, by client id (Flower's per-node messages).
     """
 
     payload: Mapping[str, Tensors]
     hparams: ClientHParams
     algorithm: ClientAlgorithm
+    upload: UploadSpec
+    clients: Mapping[int, ClientPlan] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Aggregate:
+    """What a strategy makes of a round's updates.
+
+    Attributes
+    ----------
+    global_tensors, state
+        The next global tensors and strategy state.
+    metrics
+        Round metrics of the strategy (metrics.jsonl, TensorBoard under the
+        strategy's name).
+    client_metrics
+        Per-client diagnostics, by client id (clients.jsonl).
+    """
+
+    global_tensors: Tensors
+    state: StrategyState
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    client_metrics: Mapping[int, Mapping[str, float]] = field(default_factory=dict)
 
 
 class Strategy(ABC):
     """Configure each round's client work, aggregate the replies, evaluate."""
 
-    name: ClassVar[str]
-
     def __init__(self, settings: StrategySettings) -> None:
         self.settings = settings
+
+    @property
+    def name(self) -> str:
+        """``server.strategy``."""
+        return self.settings.server.strategy
 
     # ------------------------------------------------------------ what stays
     def local_names(self, model: nn.Module) -> frozenset[str]:
@@ -104,11 +177,12 @@ class Strategy(ABC):
         state: StrategyState,
         cohort: Sequence[int],
     ) -> TrainPlan:
-        """Send the model to every client of the cohort, with the client half."""
+        """Send the model to every client of the cohort and expect it back."""
         return TrainPlan(
             payload={MODEL: global_tensors},
             hparams=self.client_hparams(server_round),
             algorithm=self.client_algorithm(server_round),
+            upload={MODEL: shapes(global_tensors)},
         )
 
     def client_algorithm(self, server_round: int) -> ClientAlgorithm:
@@ -121,14 +195,12 @@ class Strategy(ABC):
         server_round: int,
         global_tensors: Tensors,
         state: StrategyState,
-        updates: Iterable[ClientUpdate],
-    ) -> tuple[Tensors, StrategyState]:
-        """Return the next global tensors and strategy state.
+        updates: Sequence[ClientUpdate],
+    ) -> Aggregate | None:
+        """The next global tensors and state, or None: nothing to aggregate.
 
-        ``updates`` are accepted replies in sorted client order, one at a time,
-        so an implementation can keep a running sum instead of every update.
-        Raises :class:`~fedsim.strategy.aggregate.AggregationError` when there
-        is nothing to aggregate.
+        ``updates`` are the round's accepted replies in sorted client order;
+        the driver has already counted their bytes and holds what they keep.
         """
 
     # ------------------------------------------------------------ evaluation
@@ -144,3 +216,35 @@ class Strategy(ABC):
     ) -> EvalMetrics:
         """Combine the round's evaluations into its metrics."""
         return EvalMetrics.of(global_result, personal)
+
+
+def strategy_settings(cfg: Config) -> StrategySettings:
+    """The config sections a strategy reads, and its evaluation schedule."""
+    global_model, personal = cfg.evaluates
+    schedule = EvalSchedule(
+        every=cfg.server.eval_every,
+        rounds=cfg.rounds,
+        global_model=global_model,
+        personal=personal,
+        personal_clients=cfg.server.personal_eval_clients,
+        num_clients=cfg.data.num_clients,
+        seed=cfg.seed,
+    )
+    return StrategySettings(
+        client=cfg.client,
+        server=cfg.server,
+        num_clients=cfg.data.num_clients,
+        schedule=schedule,
+    )
+
+
+def state_layout(cfg: Config, model: nn.Module) -> StateLayout:
+    """What travels and what each client keeps, for ``cfg``'s model and strategy."""
+    strategy = build_strategy(strategy_settings(cfg))
+    return StateLayout.of(model, strategy.local_names(model))
+
+
+def build_strategy(settings: StrategySettings) -> Strategy:
+    """The strategy ``settings.server.strategy`` names (see :mod:`fedsim.registry`)."""
+    strategy: Strategy = settings.server.spec.build(settings)
+    return strategy

@@ -3,7 +3,7 @@
 FedAvg averages every travelling tensor (each FedPara factor X1, Y1, X2, Y2,
 T1, T2, each bias and norm parameter) on its own, weighted by the clients'
 training examples. FedPer (Arivazhagan et al., 2019) is FedAvg with the last
-``server.fedper_layers`` layers kept on each client; local-only training keeps
+``server.settings.layers`` layers kept on each client; local-only training keeps
 everything on the client and sends nothing.
 
 Example
@@ -14,8 +14,7 @@ Example
 ...     return ClientUpdate(client_id=cid, upload={"model": {"x1": x}},
 ...                         num_examples=n, train_loss=0.0, train_seconds=0.0)
 >>> ups = [up(0, 1, torch.ones(2)), up(1, 3, torch.zeros(2))]
->>> new, state = fedavg_aggregate({"x1": torch.ones(2)}, ups)
->>> new["x1"].tolist()
+>>> fedavg_aggregate(ups)["x1"].tolist()
 [0.25, 0.25]
 """
 
@@ -28,50 +27,43 @@ from torch import nn
 from fedsim.messages import MODEL, ClientUpdate
 from fedsim.params import Tensors, last_layer_names
 from fedsim.strategy.aggregate import WeightedMean
-from fedsim.strategy.base import Strategy, StrategyState, TrainPlan
+from fedsim.strategy.base import Aggregate, Strategy, StrategyState, TrainPlan
 
 
-def fedavg_aggregate(
-    global_tensors: Tensors, updates: Iterable[ClientUpdate]
-) -> tuple[Tensors, int]:
-    """Example-weighted mean of the updates' model channel, and their count."""
+def fedavg_aggregate(updates: Iterable[ClientUpdate]) -> Tensors:
+    """Example-weighted mean of the updates' model channel (at least one)."""
     mean = WeightedMean()
     for update in updates:
         mean.add(update.upload[MODEL], weight=float(update.num_examples))
-    return mean.result(), mean.count
+    return mean.result()
 
 
 class FedAvg(Strategy):
     """Average every travelling tensor on its own, weighted by examples."""
-
-    name = "fedavg"
 
     def aggregate_train(
         self,
         server_round: int,
         global_tensors: Tensors,
         state: StrategyState,
-        updates: Iterable[ClientUpdate],
-    ) -> tuple[Tensors, StrategyState]:
+        updates: Sequence[ClientUpdate],
+    ) -> Aggregate | None:
         """Example-weighted mean of the updates (sorted client order)."""
-        new, _ = fedavg_aggregate(global_tensors, updates)
-        return new, state
+        if not updates:
+            return None
+        return Aggregate(global_tensors=fedavg_aggregate(updates), state=state)
 
 
 class FedPer(FedAvg):
-    """FedAvg whose last ``server.fedper_layers`` layers stay on each client."""
-
-    name = "fedper"
+    """FedAvg whose last ``server.settings.layers`` layers stay on each client."""
 
     def local_names(self, model: nn.Module) -> frozenset[str]:
         """The parameters of the model's last layer(s)."""
-        return last_layer_names(model, self.settings.server.fedper_layers)
+        return last_layer_names(model, self.settings.options.layers)
 
 
 class LocalOnly(Strategy):
     """Every client trains its own model and sends nothing (no communication)."""
-
-    name = "local"
 
     def local_names(self, model: nn.Module) -> frozenset[str]:
         """Everything stays on the client."""
@@ -84,18 +76,20 @@ class LocalOnly(Strategy):
         state: StrategyState,
         cohort: Sequence[int],
     ) -> TrainPlan:
-        """Nothing travels: an empty model channel (0 bytes each way)."""
+        """Nothing travels either way (0 bytes)."""
         plan = super().configure_train(server_round, global_tensors, state, cohort)
-        return TrainPlan(payload={}, hparams=plan.hparams, algorithm=plan.algorithm)
+        return TrainPlan(
+            payload={}, hparams=plan.hparams, algorithm=plan.algorithm, upload={}
+        )
 
     def aggregate_train(
         self,
         server_round: int,
         global_tensors: Tensors,
         state: StrategyState,
-        updates: Iterable[ClientUpdate],
-    ) -> tuple[Tensors, StrategyState]:
+        updates: Sequence[ClientUpdate],
+    ) -> Aggregate | None:
         """Nothing to average: the clients' models are their kept state."""
-        for _ in updates:  # consume: the driver stores each client's kept state
-            pass
-        return global_tensors, state
+        if not updates:
+            return None
+        return Aggregate(global_tensors=global_tensors, state=state)

@@ -14,7 +14,7 @@ with ``N`` all clients and ``S`` the round's accepted clients::
     theta <- (1/|S|) sum_{i in S} theta_i - h / alpha
 
 Both means are *uniform* over the accepted clients, as in the paper (not
-example-weighted as FedAvg). ``alpha`` is ``server.feddyn_alpha``. Only the
+example-weighted as FedAvg). ``alpha`` is ``server.settings.alpha``. Only the
 model channel travels (FedAvg's bytes); every floating tensor of it, buffers
 included, gets the server correction.
 
@@ -29,30 +29,30 @@ Example
 >>> import torch
 >>> w = torch.nn.Parameter(torch.tensor([2.0]))
 >>> algo = FedDynClient(alpha=0.5)
->>> algo.begin({"w": w}, payload={"model": {"w": torch.tensor([2.0])}},
-...            kept={"feddyn": {"w": torch.tensor([1.0])}})
->>> algo.loss({"w": w}, torch.tensor(0.0)).item()  # -<1, 2> + 0
+>>> state = algo.begin({"w": w}, payload={"model": {"w": torch.tensor([2.0])}},
+...                    kept={"feddyn": {"w": torch.tensor([1.0])}})
+>>> algo.loss(state, {"w": w}, torch.tensor(0.0)).item()  # -<1, 2> + 0
 -2.0
 >>> with torch.no_grad():
 ...     _ = w.fill_(4.0)  # training moved w from 2 to 4
->>> _, keep = algo.end({"w": w}, steps=1, lr=0.1)
->>> keep["feddyn"]["w"].tolist()  # 1 - 0.5 * (4 - 2)
+>>> algo.end(state, {"w": w}, steps=1, lr=0.1).keep["feddyn"]["w"].tolist()
 [0.0]
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 
-from fedsim.algorithm import ClientAlgorithm
+from fedsim.algorithm import AlgoState, ClientAlgorithm, ClientOutcome
 from fedsim.messages import MODEL, ClientUpdate
 from fedsim.params import Tensors
 from fedsim.strategy.aggregate import WeightedMean
-from fedsim.strategy.base import Strategy, StrategyState
+from fedsim.strategy.base import Aggregate, Strategy, StrategyState
 
 if TYPE_CHECKING:
     from fedsim.algorithm import Channels, Params
@@ -60,64 +60,71 @@ if TYPE_CHECKING:
 KEPT = "feddyn"
 """The kept-state namespace of a client's gradient term ``g_i``."""
 
+ANCHOR, G_I = "anchor", "g_i"
+"""State namespaces on the parameters' device: ``theta_g`` and ``g_i``."""
 
+
+@dataclass(frozen=True)
 class FedDynClient(ClientAlgorithm):
     """FedDyn's client half: linear and quadratic terms, then the ``g_i`` update.
+
+    Its state: ``"anchor"`` (``theta_g``) and ``"g_i"`` on the parameters'
+    device for the steps, ``"kept"`` (``g_i`` as kept, CPU) for ``end``.
 
     Parameters
     ----------
     alpha
-        The regularizer (``server.feddyn_alpha``), > 0.
+        The regularizer (``server.settings.alpha``), > 0.
     """
 
-    def __init__(self, alpha: float) -> None:
-        if alpha <= 0:
-            raise ValueError(f"FedDyn alpha must be > 0 (server.feddyn_alpha): {alpha}")
-        self.alpha = alpha
-        self._g_i: Tensors = {}  # CPU, as kept
-        self._on_device: dict[str, tuple[Tensor, Tensor]] = {}  # (theta_g, g_i)
+    alpha: float
+    step_state: ClassVar[tuple[str, ...]] = (ANCHOR, G_I)
 
-    def begin(self, params: Params, payload: Channels, kept: Channels) -> None:
+    def __post_init__(self) -> None:
+        if self.alpha <= 0:
+            raise ValueError(
+                f"FedDyn alpha must be > 0 (server.settings.alpha): {self.alpha}"
+            )
+
+    def begin(self, params: Params, payload: Channels, kept: Channels) -> AlgoState:
         """Load ``g_i`` (zeros at first) and snapshot ``theta_g``."""
-        # Assigned, never mutated: the object is a shallow copy per client.
         mine = kept.get(KEPT)
-        self._g_i = (
+        g_i = (
             dict(mine)
             if mine is not None
             else {n: torch.zeros_like(p, device="cpu") for n, p in params.items()}
         )
-        self._on_device = {
-            name: (p.detach().clone(), self._g_i[name].to(p.device, p.dtype))
-            for name, p in params.items()
+        return {
+            "kept": g_i,
+            ANCHOR: {name: p.detach().clone() for name, p in params.items()},
+            G_I: {name: g_i[name].to(p.device, p.dtype) for name, p in params.items()},
         }
 
-    def loss(self, params: Params, loss: Tensor) -> Tensor:
+    def loss(self, state: AlgoState, params: Params, loss: Tensor) -> Tensor:
         """``loss - <g_i, theta> + alpha/2 * ||theta - theta_g||^2``."""
         linear = loss.new_zeros(())
         quadratic = loss.new_zeros(())
-        for name, (theta_g, g_i) in self._on_device.items():
+        for name, theta_g in state[ANCHOR].items():
             theta = params[name]
-            linear = linear + (g_i * theta).sum()
+            linear = linear + (state[G_I][name] * theta).sum()
             quadratic = quadratic + (theta - theta_g).square().sum()
         return loss - linear + (self.alpha / 2) * quadratic
 
     def end(
-        self, params: Params, steps: int, lr: float
-    ) -> tuple[dict[str, Tensors], dict[str, Tensors]]:
+        self, state: AlgoState, params: Params, steps: int, lr: float
+    ) -> ClientOutcome:
         """Keep ``g_i - alpha * (theta_i - theta_g)`` under ``"feddyn"``."""
         new_g_i: Tensors = {}
-        for name, g_i in self._g_i.items():
-            theta_g = self._on_device[name][0].to("cpu", torch.float64)
+        for name, g_i in state["kept"].items():
+            theta_g = state[ANCHOR][name].to("cpu", torch.float64)
             theta = params[name].detach().to("cpu", torch.float64)
             step = g_i.to(torch.float64) - self.alpha * (theta - theta_g)
             new_g_i[name] = step.to(g_i.dtype)
-        return {}, {KEPT: new_g_i}
+        return ClientOutcome(keep={KEPT: new_g_i})
 
 
 class FedDyn(Strategy):
     """FedDyn's server half: uniform mean corrected by the drift state ``h``."""
-
-    name = "feddyn"
 
     def init(self, global_tensors: Mapping[str, Tensor]) -> StrategyState:
         """``{"h": zeros}`` for every floating tensor of the model."""
@@ -130,22 +137,24 @@ class FedDyn(Strategy):
         }
 
     def client_algorithm(self, server_round: int) -> ClientAlgorithm:
-        """:class:`FedDynClient` with ``alpha = server.feddyn_alpha``."""
-        return FedDynClient(alpha=self.settings.server.feddyn_alpha)
+        """:class:`FedDynClient` with ``alpha = server.settings.alpha``."""
+        return FedDynClient(alpha=self.settings.options.alpha)
 
     def aggregate_train(
         self,
         server_round: int,
         global_tensors: Tensors,
         state: StrategyState,
-        updates: Iterable[ClientUpdate],
-    ) -> tuple[Tensors, StrategyState]:
+        updates: Sequence[ClientUpdate],
+    ) -> Aggregate | None:
         """Update ``h`` from the clients' drift, then ``theta = mean - h/alpha``."""
+        if not updates:
+            return None
         mean = WeightedMean()
         for update in updates:
             mean.add(update.upload[MODEL], weight=1.0)  # uniform, as the paper
         new = mean.result()
-        alpha = self.settings.server.feddyn_alpha
+        alpha = self.settings.options.alpha
         # sum_{i in S} (theta_i - theta) = |S| * (mean - theta)
         share = mean.count / self.settings.num_clients  # |S| / N
         h_new: Tensors = {}
@@ -155,4 +164,4 @@ class FedDyn(Strategy):
             h64 = h.to(torch.float64) - alpha * share * drift
             h_new[name] = h64.to(h.dtype)
             new[name] = (new[name].to(torch.float64) - h64 / alpha).to(new[name].dtype)
-        return new, {**state, "h": h_new}
+        return Aggregate(global_tensors=new, state={**state, "h": h_new})

@@ -9,7 +9,7 @@ tensor of the model channel (each FedPara factor on its own)::
     v <- rule(v, d)                    # adam, yogi or adagrad, below
     x <- x + lr * m / (sqrt(v) + tau)
 
-with ``lr``, ``beta1``, ``beta2``, ``tau`` from ``server.*``, no bias correction,
+with ``lr``, ``beta1``, ``beta2``, ``tau`` from ``server.settings``, no bias correction,
 ``m`` starting at 0 and ``v`` at ``tau**2`` (Reddi's ``v_{-1} >= tau^2``). The
 three algorithms differ only in the second-moment rule, a plain function
 (:data:`SECOND_MOMENT`); one strategy, :class:`FedOpt`, composes the weighted
@@ -30,7 +30,7 @@ Example
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +38,7 @@ from torch import Tensor
 
 from fedsim.messages import ClientUpdate
 from fedsim.params import Tensors
-from fedsim.strategy.base import Strategy, StrategySettings, StrategyState
+from fedsim.strategy.base import Aggregate, Strategy, StrategySettings, StrategyState
 from fedsim.strategy.fedavg import fedavg_aggregate
 
 SecondMoment = Callable[[Tensor, Tensor, float], Tensor]
@@ -123,7 +123,7 @@ class ServerOptimizer:
 
 
 class FedOpt(Strategy):
-    """FedAdam, FedYogi or FedAdagrad, chosen by ``server.strategy``.
+    """FedAdam, FedYogi or FedAdagrad: the second-moment rule of ``server.strategy``.
 
     Raises
     ------
@@ -131,19 +131,16 @@ class FedOpt(Strategy):
         When ``server.strategy`` is not one of :data:`SECOND_MOMENT`.
     """
 
-    name = "fedopt"
-
     def __init__(self, settings: StrategySettings) -> None:
         super().__init__(settings)
-        s = settings.server
-        if s.strategy not in SECOND_MOMENT:
+        name, o = settings.server.strategy, settings.options
+        if name not in SECOND_MOMENT:
             raise ValueError(
                 f"FedOpt needs server.strategy in {', '.join(SECOND_MOMENT)}, "
-                f"got {s.strategy!r}"
+                f"got {name!r}"
             )
-        self.rule_name = s.strategy
         self.optimizer = ServerOptimizer(
-            SECOND_MOMENT[s.strategy], lr=s.lr, beta1=s.beta1, beta2=s.beta2, tau=s.tau
+            SECOND_MOMENT[name], lr=o.lr, beta1=o.beta1, beta2=o.beta2, tau=o.tau
         )
 
     def init(self, global_tensors: Mapping[str, Tensor]) -> StrategyState:
@@ -155,8 +152,29 @@ class FedOpt(Strategy):
         server_round: int,
         global_tensors: Tensors,
         state: StrategyState,
-        updates: Iterable[ClientUpdate],
-    ) -> tuple[Tensors, StrategyState]:
+        updates: Sequence[ClientUpdate],
+    ) -> Aggregate | None:
         """One server step towards the example-weighted mean of the updates."""
-        mean, _ = fedavg_aggregate(global_tensors, updates)
-        return self.optimizer.step(global_tensors, mean, state)
+        if not updates:
+            return None
+        new, new_state = self.optimizer.step(
+            global_tensors, fedavg_aggregate(updates), state
+        )
+        return Aggregate(
+            global_tensors=new,
+            state=new_state,
+            metrics={"step_norm": step_norm(global_tensors, new)},
+        )
+
+
+def step_norm(before: Mapping[str, Tensor], after: Mapping[str, Tensor]) -> float:
+    """``||after - before||`` over the floating tensors (the server's step).
+
+    >>> step_norm({"w": torch.zeros(2)}, {"w": torch.tensor([3.0, 4.0])})
+    5.0
+    """
+    total = 0.0
+    for name, t in before.items():
+        if t.is_floating_point():
+            total += float((after[name].double() - t.double()).square().sum())
+    return float(total**0.5)

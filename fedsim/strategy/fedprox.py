@@ -3,10 +3,10 @@
 Each client minimizes its loss plus ``mu/2 * ||w - w_g||^2`` summed over its
 travelling trainable tensors (every FedPara factor on its own), where ``w_g``
 is the global model it received this round; the pull towards ``w_g`` bounds
-client drift on heterogeneous data. The server averages exactly as FedAvg does
-(:func:`~fedsim.strategy.fedavg.fedavg_aggregate`), so only the client half
-differs. ``mu`` is ``client.prox_mu``; with ``mu == 0`` the client half adds
-nothing to the autograd graph and a run is bit-identical to FedAvg.
+client drift on heterogeneous data. The server averages exactly as FedAvg does,
+so only the client half differs. ``mu`` is ``server.settings.mu``; with
+``mu == 0`` the client half adds nothing to the autograd graph and a run is
+bit-identical to FedAvg.
 
 Channels: ``"model"`` only, as FedAvg (same bytes). Kept state: none.
 
@@ -15,54 +15,62 @@ Example
 >>> import torch
 >>> w = torch.nn.Parameter(torch.tensor([3.0]))
 >>> algo = FedProxClient(mu=0.5)
->>> algo.begin({"w": w}, payload={"model": {"w": w.detach()}}, kept={})
+>>> state = algo.begin({"w": w}, payload={"model": {"w": w.detach()}}, kept={})
 >>> with torch.no_grad():
 ...     _ = w.fill_(1.0)  # a local step moved w from 3 to 1
->>> algo.loss({"w": w}, torch.tensor(0.0)).item()  # 0.5 / 2 * (1 - 3)**2
+>>> algo.loss(state, {"w": w}, torch.tensor(0.0)).item()  # 0.5 / 2 * (1 - 3)**2
 1.0
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor
 
-from fedsim.algorithm import ClientAlgorithm
+from fedsim.algorithm import AlgoState, ClientAlgorithm
 from fedsim.strategy.fedavg import FedAvg
 
 if TYPE_CHECKING:
     from fedsim.algorithm import Channels, Params
 
+GLOBAL = "global"
+"""State namespace: the global values of the travelling parameters."""
 
+
+@dataclass(frozen=True)
 class FedProxClient(ClientAlgorithm):
     """FedProx's client half: ``loss + mu/2 * sum ||w - w_g||^2``.
 
     Parameters
     ----------
     mu
-        The proximal weight (``client.prox_mu``), >= 0.
+        The proximal weight (``server.settings.mu``), >= 0.
     """
 
-    def __init__(self, mu: float) -> None:
-        if mu < 0:
-            raise ValueError(f"FedProx mu must be >= 0 (client.prox_mu), got {mu}")
-        self.mu = mu
-        self._global: dict[str, Tensor] = {}
+    mu: float
+    step_state: ClassVar[tuple[str, ...]] = (GLOBAL,)
 
-    def begin(self, params: Params, payload: Channels, kept: Channels) -> None:
-        """Snapshot the global values of the travelling parameters (on their device)."""
-        # Assigned, never mutated: the object is a shallow copy per client.
-        self._global = (
-            {name: p.detach().clone() for name, p in params.items()} if self.mu else {}
-        )
+    def __post_init__(self) -> None:
+        if self.mu < 0:
+            raise ValueError(
+                f"FedProx mu must be >= 0 (server.settings.mu), got {self.mu}"
+            )
 
-    def loss(self, params: Params, loss: Tensor) -> Tensor:
+    def begin(self, params: Params, payload: Channels, kept: Channels) -> AlgoState:
+        """The global values of the travelling parameters (on their device)."""
+        if not self.mu:
+            return {GLOBAL: {}}
+        return {GLOBAL: {name: p.detach().clone() for name, p in params.items()}}
+
+    def loss(self, state: AlgoState, params: Params, loss: Tensor) -> Tensor:
         """Add the proximal term; ``mu == 0`` returns ``loss`` itself (no new node)."""
-        if not self.mu or not self._global:
+        anchor = state[GLOBAL]
+        if not self.mu or not anchor:
             return loss
         prox = sum(
-            ((params[name] - w_g).square().sum() for name, w_g in self._global.items()),
+            ((params[name] - w_g).square().sum() for name, w_g in anchor.items()),
             loss.new_zeros(()),
         )
         return loss + (self.mu / 2) * prox
@@ -71,8 +79,6 @@ class FedProxClient(ClientAlgorithm):
 class FedProx(FedAvg):
     """FedAvg's server with :class:`FedProxClient` on every client."""
 
-    name = "fedprox"
-
     def client_algorithm(self, server_round: int) -> ClientAlgorithm:
-        """The proximal client half, ``mu = client.prox_mu``."""
-        return FedProxClient(mu=self.settings.client.prox_mu)
+        """The proximal client half, ``mu = server.settings.mu``."""
+        return FedProxClient(mu=self.settings.options.mu)

@@ -1,15 +1,16 @@
 """The one check that a client's reply can be aggregated.
 
-A client sends back the channels it received, with the same tensor names and
-shapes, trained on at least one example, with finite values in everything it
-uploads and everything it keeps. Anything else is that client's recorded
-failure, never a crash of the round and never absorbed into the model.
+A client sends back the channels the round's plan declares (``TrainPlan.upload``:
+channel -> tensor name -> shape), trained on at least one example, with finite
+values in everything it uploads and everything it keeps. Anything else is that
+client's recorded failure, never a crash of the round and never absorbed into
+the model.
 
 Example
 -------
 >>> import torch
 >>> from fedsim.messages import ClientUpdate
->>> plan = {"model": {"w": torch.zeros(2)}}
+>>> plan = {"model": {"w": (2,)}}
 >>> ok = ClientUpdate(client_id=0, upload={"model": {"w": torch.ones(2)}},
 ...                   num_examples=4, train_loss=0.0, train_seconds=0.0)
 >>> reply_problem(ok, plan) is None
@@ -22,34 +23,32 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from torch import Tensor
-
 from fedsim.messages import ClientUpdate
 from fedsim.params import is_finite
+from fedsim.strategy.base import UploadSpec
 
 
-def reply_problem(
-    update: ClientUpdate, payload: Mapping[str, Mapping[str, Tensor]]
-) -> str | None:
-    """Why ``update`` cannot be aggregated against ``payload``; None when it can."""
+def reply_problem(update: ClientUpdate, expected: UploadSpec) -> str | None:
+    """Why ``update`` cannot be aggregated against the plan's ``expected`` upload."""
     if update.num_examples <= 0:
         return "update trained on no examples"
-    if set(update.upload) != set(payload):
+    if set(update.upload) != set(expected):
         return (
-            f"update sent channels {sorted(update.upload)}, expected {sorted(payload)}"
+            f"update sent channels {sorted(update.upload)}, expected {sorted(expected)}"
         )
-    for channel, sent in payload.items():
+    for channel, layout in expected.items():
         got = update.upload[channel]
-        if set(got) != set(sent):
-            missing, extra = sorted(set(sent) - set(got)), sorted(set(got) - set(sent))
+        if set(got) != set(layout):
+            missing, extra = (
+                sorted(set(layout) - set(got)),
+                sorted(set(got) - set(layout)),
+            )
             return f"channel {channel!r}: missing {missing}, unexpected {extra}"
-        for name, t in sent.items():
-            if tuple(got[name].shape) != tuple(t.shape):
+        for name, shape in layout.items():
+            if tuple(got[name].shape) != tuple(shape):
                 return (
                     f"channel {channel!r}: {name} has shape "
-                    f"{tuple(got[name].shape)}, expected {tuple(t.shape)}"
+                    f"{tuple(got[name].shape)}, expected {tuple(shape)}"
                 )
         if not is_finite(got):
             return f"non-finite values in channel {channel!r}"

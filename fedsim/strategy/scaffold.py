@@ -27,41 +27,50 @@ Example
 >>> payload = {"model": {"w": torch.tensor([1.0])},
 ...            "control": {"w": torch.tensor([0.5])}}
 >>> algo = ScaffoldClient()
->>> algo.begin({"w": w}, payload, kept={})  # first participation: c_i = 0
->>> w.grad = torch.tensor([2.0])
->>> algo.after_backward({"w": w})
->>> w.grad.tolist()  # 2 - 0 + 0.5
+>>> state = algo.begin({"w": w}, payload, kept={})  # first participation: c_i = 0
+>>> grads = algo.gradients(state, {"w": torch.tensor([2.0])})
+>>> grads["w"].tolist()  # 2 - 0 + 0.5
 [2.5]
 >>> with torch.no_grad():
-...     _ = w.sub_(0.1 * w.grad)  # one SGD step, lr 0.1: w = 0.75
->>> upload, keep = algo.end({"w": w}, steps=1, lr=0.1)
->>> keep["scaffold"]["w"].tolist(), upload["control"]["w"].tolist()  # 0 - .5 + 2.5
+...     _ = w.sub_(0.1 * grads["w"])  # one SGD step, lr 0.1: w = 0.75
+>>> out = algo.end(state, {"w": w}, steps=1, lr=0.1)
+>>> out.keep["scaffold"]["w"].tolist(), out.upload["control"]["w"].tolist()
 ([2.0], [2.0])
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 
-from fedsim.algorithm import ClientAlgorithm
+from fedsim.algorithm import AlgoState, ClientAlgorithm, ClientOutcome
 from fedsim.messages import MODEL, ClientUpdate
 from fedsim.params import Tensors
 from fedsim.strategy.aggregate import WeightedMean
-from fedsim.strategy.base import Strategy, StrategyState, TrainPlan
+from fedsim.strategy.base import (
+    Aggregate,
+    Strategy,
+    StrategyState,
+    TrainPlan,
+    shapes,
+)
 
 if TYPE_CHECKING:
-    from fedsim.algorithm import Channels, Params
+    from fedsim.algorithm import Channels, Grads, Params
 
 CONTROL = "control"
 """The channel of ``c`` (down) and of ``dc_i`` (up)."""
 
 KEPT = "scaffold"
 """The kept-state namespace of a client's ``c_i``."""
+
+CORRECTION = "correction"
+"""State namespace: ``c - c_i`` on the parameters' device, added to every gradient."""
 
 
 def _zeros(like: Mapping[str, Tensor]) -> Tensors:
@@ -73,56 +82,60 @@ def _zeros(like: Mapping[str, Tensor]) -> Tensors:
     }
 
 
+@dataclass(frozen=True)
 class ScaffoldClient(ClientAlgorithm):
-    """SCAFFOLD's client half: corrected gradients, option II control update."""
+    """SCAFFOLD's client half: corrected gradients, option II control update.
 
-    def __init__(self) -> None:
-        self._c: Tensors = {}
-        self._c_i: Tensors = {}
-        self._x: Tensors = {}
-        self._correction: dict[str, Tensor] = {}
+    Its state: ``"correction"`` (``c - c_i`` by parameter, on their device)
+    for the steps; ``"c"``, ``"c_i"`` and the global ``"x"`` (CPU) for ``end``.
+    """
 
-    def begin(self, params: Params, payload: Channels, kept: Channels) -> None:
+    step_state: ClassVar[tuple[str, ...]] = (CORRECTION,)
+
+    def begin(self, params: Params, payload: Channels, kept: Channels) -> AlgoState:
         """Load ``c`` and ``c_i``; snapshot the global ``x`` of the parameters."""
-        # Assigned, never mutated: the object is a shallow copy per client.
-        self._c = {name: t.detach().cpu() for name, t in payload[CONTROL].items()}
+        c = {name: t.detach().cpu() for name, t in payload[CONTROL].items()}
         mine = kept.get(KEPT)
-        self._c_i = dict(mine) if mine is not None else _zeros(self._c)
-        self._x = {name: p.detach().to("cpu", copy=True) for name, p in params.items()}
-        self._correction = {
-            name: (self._c[name] - self._c_i[name]).to(p.device, p.dtype)
-            for name, p in params.items()
+        c_i = dict(mine) if mine is not None else _zeros(c)
+        return {
+            "c": c,
+            "c_i": c_i,
+            "x": {n: p.detach().to("cpu", copy=True) for n, p in params.items()},
+            CORRECTION: {
+                name: (c[name] - c_i[name]).to(p.device, p.dtype)
+                for name, p in params.items()
+            },
         }
 
-    def after_backward(self, params: Params) -> None:
-        """``g <- g - c_i + c`` on every travelling parameter that has a gradient."""
-        for name, correction in self._correction.items():
-            grad = params[name].grad
-            if grad is not None:
-                grad.add_(correction)
+    def gradients(self, state: AlgoState, grads: Grads) -> Grads:
+        """``g - c_i + c`` for every travelling parameter that has a gradient."""
+        correction = state[CORRECTION]
+        return {
+            name: g + correction[name] if name in correction else g
+            for name, g in grads.items()
+        }
 
     def end(
-        self, params: Params, steps: int, lr: float
-    ) -> tuple[dict[str, Tensors], dict[str, Tensors]]:
+        self, state: AlgoState, params: Params, steps: int, lr: float
+    ) -> ClientOutcome:
         """Upload ``dc_i`` on ``"control"``, keep ``c_i+`` under ``"scaffold"``."""
+        c_all, x_all = state["c"], state["x"]
         new_c_i: Tensors = {}
-        for name, c_i in self._c_i.items():
+        for name, c_i in state["c_i"].items():
             if name in params and steps > 0:
                 y = params[name].detach().to("cpu", torch.float64)
-                x = self._x[name].to(torch.float64)
-                c = self._c[name].to(torch.float64)
+                x = x_all[name].to(torch.float64)
+                c = c_all[name].to(torch.float64)
                 step = (x - y) / (steps * lr)
                 new_c_i[name] = (c_i.to(torch.float64) - c + step).to(c_i.dtype)
             else:  # a buffer, or no step taken: nothing learned about the drift
                 new_c_i[name] = c_i.clone()
-        delta = {name: new_c_i[name] - c_i for name, c_i in self._c_i.items()}
-        return {CONTROL: delta}, {KEPT: new_c_i}
+        delta = {name: new_c_i[name] - c_i for name, c_i in state["c_i"].items()}
+        return ClientOutcome(upload={CONTROL: delta}, keep={KEPT: new_c_i})
 
 
 class Scaffold(Strategy):
     """SCAFFOLD's server half: weighted model mean and the control update."""
-
-    name = "scaffold"
 
     def init(self, global_tensors: Mapping[str, Tensor]) -> StrategyState:
         """``{"c": zeros}`` for every floating tensor of the model."""
@@ -135,10 +148,12 @@ class Scaffold(Strategy):
         state: StrategyState,
         cohort: Sequence[int],
     ) -> TrainPlan:
-        """Send ``{"model": x, "control": c}`` with :class:`ScaffoldClient`."""
+        """Send ``{"model": x, "control": c}``; expect the model and ``dc_i`` back."""
         plan = super().configure_train(server_round, global_tensors, state, cohort)
         return dataclasses.replace(
-            plan, payload={MODEL: global_tensors, CONTROL: state["c"]}
+            plan,
+            payload={MODEL: global_tensors, CONTROL: state["c"]},
+            upload={**plan.upload, CONTROL: shapes(state["c"])},
         )
 
     def client_algorithm(self, server_round: int) -> ClientAlgorithm:
@@ -150,9 +165,11 @@ class Scaffold(Strategy):
         server_round: int,
         global_tensors: Tensors,
         state: StrategyState,
-        updates: Iterable[ClientUpdate],
-    ) -> tuple[Tensors, StrategyState]:
+        updates: Sequence[ClientUpdate],
+    ) -> Aggregate | None:
         """``x <- weighted mean of y_i``; ``c <- c + |S|/N * mean dc_i``."""
+        if not updates:
+            return None
         models, controls = WeightedMean(), WeightedMean()
         for update in updates:
             models.add(update.upload[MODEL], weight=float(update.num_examples))
@@ -166,4 +183,9 @@ class Scaffold(Strategy):
             )
             for name, c in state["c"].items()
         }
-        return new_x, {**state, "c": new_c}
+        norm = sum(float(t.double().square().sum()) for t in new_c.values()) ** 0.5
+        return Aggregate(
+            global_tensors=new_x,
+            state={**state, "c": new_c},
+            metrics={"control_norm": norm},
+        )

@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from fedsim.client import ClientRunner, pick_device
-from fedsim.experiment import load_data
 from fedsim.messages import MODEL
-from fedsim.model import build_backbone
+from fedsim.model import build_backbone, worker_spec
 from fedsim.params import StateLayout, initial_state
-from tests.fixtures import tiny_config, tiny_task
+from tests.fixtures import load_data, tiny_config, tiny_task
 
 task = tiny_task
 
@@ -21,7 +20,7 @@ def make_runner(tmp_path: Path, *overrides: str) -> tuple[ClientRunner, dict]:
     cfg = tiny_config(tmp_path, *overrides)
     data, part = load_data(cfg)
     layout = StateLayout.of(build_backbone(cfg, 10, (1, 8, 8)))
-    runner = ClientRunner(cfg, data, part, layout)
+    runner = ClientRunner(worker_spec(cfg), data, part, layout)
     payload = {MODEL: initial_state(runner.module.model, layout)}
     return runner, payload
 

@@ -49,7 +49,7 @@ def test_strategy_variants_set_the_strategy() -> None:
 
 
 def test_personalization_set_shares_one_split() -> None:
-    variants = ["fedavg", "fedper", "pfedpara", "local"]
+    variants = ["fedavg", "fedper", "pfedpara", "local_only"]
     named = dict(variant_configs(PERSONALIZATION, ["name=qs"], variants))
     assert [c.name for c in named.values()] == [f"qs_{v}" for v in variants]
     assert {c.data for c in named.values()} == {named["fedavg"].data}
@@ -57,12 +57,12 @@ def test_personalization_set_shares_one_split() -> None:
     assert named["fedper"].model.param == "original"
     assert named["fedper"].server.strategy == "fedper"
     assert named["pfedpara"].model.param == "pfedpara"
-    assert named["local"].server.strategy == "local"
+    assert named["local_only"].server.strategy == "local_only"
     assert {v: c.server.evaluate for v, c in named.items()} == {
         "fedavg": "both",
         "fedper": "personal",
         "pfedpara": "both",
-        "local": "personal",
+        "local_only": "personal",
     }
 
 
@@ -133,3 +133,50 @@ def test_compare_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 def _cohorts(run_dir: Path) -> tuple[tuple[int, int], ...]:
     rows = (run_dir / "comm.jsonl").read_text().splitlines()
     return tuple((r["round"], r["client"]) for r in map(json.loads, rows))
+
+
+def test_compare_checks_max_concurrent_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["compare", str(QUICKSTART), *TINY, f"log.root={tmp_path / 'runs'}"]
+    assert main([*argv, "--backend", "local", "--max-concurrent", "0"]) == 2
+    assert "--max-concurrent must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_compare_on_ray_runs_variants_at_once(
+    tmp_path: Path, ray_session: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A one-axis sweep: two variants alive at the same time, sharing the slots.
+    import ray
+
+    root, out = tmp_path / "runs", tmp_path / "report"
+    argv = ["compare", str(QUICKSTART), *TINY, f"log.root={root}", "rounds=1"]
+    argv += ["--variants", "original,fedpara", "--max-concurrent", "2"]
+    assert main([*argv, "--out", str(out)]) == 0
+    starts, ends = [], []
+    for name in ("quickstart_original", "quickstart_fedpara"):
+        (run_dir,) = (root / name).iterdir()
+        summary = run_dir / "summary.json"
+        finished = summary.stat().st_mtime
+        starts.append(finished - json.loads(summary.read_text())["wall_seconds"])
+        ends.append(finished)
+    assert max(starts) < min(ends)  # the two runs were alive at the same time
+    assert ray.available_resources().get("CPU") == 2.0  # every reservation freed
+    printed = capsys.readouterr().out
+    assert printed.count("run directory:") == 2 and (out / "report.md").is_file()
+
+
+def test_a_strategy_setting_reaches_the_variants_that_have_it() -> None:
+    from fedsim.compare import variant_configs
+
+    named = dict(
+        variant_configs(
+            QUICKSTART, ["server.settings.mu=0.3"], ["fedavg", "fedprox", "fedpara"]
+        )
+    )
+    assert named["fedprox"].server.settings.mu == 0.3
+    assert named["fedavg"].server.strategy == "fedavg"
+    with pytest.raises(ConfigError, match="no variant's strategy has this setting"):
+        variant_configs(QUICKSTART, ["server.settings.mu=0.3"], ["fedavg", "scaffold"])

@@ -114,14 +114,3 @@ def test_float_keys_are_found() -> None:
 @pytest.mark.parametrize("path", sorted(QUICKSTART.parent.glob("*.yaml")))
 def test_every_shipped_config_loads(path: Path) -> None:
     load_config(path)
-
-
-def test_config_dataset_choices_match_the_loaders() -> None:
-    from typing import get_args
-
-    from fedsim import config
-    from fedsim.data import DATASETS
-
-    # Model choices come from lightning_modules.spec itself; datasets are listed
-    # twice (the Literal for the config, the loaders' table) and must agree.
-    assert get_args(config.DatasetName) == DATASETS

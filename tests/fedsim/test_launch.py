@@ -13,6 +13,7 @@ import pytest
 
 from fedsim import cli
 from fedsim.backend.cluster import address_kind, cluster_address, dashboard_address
+from fedsim.cli.run import new_experiment
 from fedsim.config import ConfigError, load_config
 from fedsim.launch import absolute_dir, launch, resolve_paths
 from fedsim.loop import RunResult
@@ -76,11 +77,28 @@ def test_fedsim_run_with_a_dashboard_address_says_which_to_use(
     assert "--address HOST:6379" in line and "unset RAY_ADDRESS" in line
 
 
-def test_the_cli_run_factory_travels_by_reference(tmp_path: Path) -> None:
-    # Picklable without torch: Ray sends it to the driver actor, which calls it.
-    factory = partial(cli._new_experiment, tiny_config(tmp_path), None, False)
-    assert b"fedsim.cli" in pickle.dumps(factory)
-    assert pickle.loads(pickle.dumps(factory)).args[0] == factory.args[0]
+def test_the_cli_run_factory_unpickles_without_torch(
+    tmp_path: Path,
+) -> None:
+    # What Ray sends to the driver actor: another process unpickles it without
+    # importing torch (the caller never has), and gets the same config back.
+    cfg = tiny_config(tmp_path, "rounds=1")
+    factory = partial(new_experiment, cfg, None, False)
+    code = (
+        "import pickle, sys\n"
+        "factory = pickle.loads(sys.stdin.buffer.read())\n"
+        "print('torch' in sys.modules, factory.func.__module__)\n"
+        "print(repr(factory.args[0]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        input=pickle.dumps(factory),
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    first, second = out.splitlines()
+    assert first.split() == ["False", "fedsim.cli.run"]
+    assert second == repr(cfg)
 
 
 def test_launch_runs_a_local_run_on_the_pool_it_is_given(tmp_path: Path) -> None:
@@ -99,18 +117,18 @@ def test_launch_runs_a_local_run_on_the_pool_it_is_given(tmp_path: Path) -> None
             pass
 
         def finish(self) -> RunResult:
-            return RunResult(tmp_path, {"rounds": 2})
+            return RunResult(tmp_path, {"rounds": 2})  # type: ignore[arg-type]
 
         def close(self) -> None:
             made.append("closed")
 
-    def pool(name: str, cfg: object) -> str:
-        made.append(name)
+    def pool(cfg: object) -> str:
+        made.append("pool")
         return "pool"
 
     cfg = tiny_config(tmp_path, "rounds=2")
     result = launch(cfg, lambda p: Run(), backend="local", make_pool=pool)  # type: ignore[arg-type]
-    assert result.run_dir == tmp_path and made == ["local", "closed"]
+    assert result.run_dir == tmp_path and made == ["pool", "closed"]
 
 
 def test_the_caller_of_a_ray_run_imports_neither_torch_nor_ray() -> None:

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-import fedsim.experiment as experiment
+from fedsim.backend.local import LocalBackend
 from fedsim.client import ClientRunner
 from fedsim.data.transforms import prepare_batch
-from fedsim.experiment import load_data, run_experiment
+from fedsim.experiment import run_experiment
 from fedsim.messages import LOCAL, MODEL
-from fedsim.model import build_backbone
+from fedsim.model import build_backbone, worker_spec
 from fedsim.params import StateLayout, initial_state
 from fedsim.tracking import read_metrics
-from tests.fixtures import tiny_config
+from tests.fixtures import load_data, tiny_config
 
 SHARDS = ["data.partition=shards", "data.num_clients=6", "server.clients_per_round=3"]
 
@@ -42,11 +42,11 @@ def test_personal_splits_are_evaluated_and_never_trained_on(
     data, partition = load_data(cfg)
     spy = np.asarray(data.x_train).view(ReadSpy)
     spy.reads, spy.phase = [], ["other"]
-    monkeypatch.setattr(
-        experiment,
-        "data_request",
-        lambda _cfg: lambda: (replace(data, x_train=spy), partition),
-    )
+
+    class SpiedPool(LocalBackend):
+        def load(self, request: Any) -> Any:  # the run's data, read through the spy
+            return replace(data, x_train=spy), partition
+
     for method, phase in (("train", "train"), ("evaluate_client", "personal")):
         original = getattr(ClientRunner, method)
 
@@ -59,7 +59,8 @@ def test_personal_splits_are_evaluated_and_never_trained_on(
 
         monkeypatch.setattr(ClientRunner, method, wrapped)
 
-    result = run_experiment(cfg, backend="local")
+    pool = lambda cfg: SpiedPool(worker_spec(cfg))  # noqa: E731
+    result = run_experiment(cfg, backend="local", make_pool=pool)
 
     test_indices = set(np.concatenate(partition.test).tolist())
     assert test_indices, "pFedPara runs carve personal test splits by default"
@@ -80,7 +81,7 @@ def test_pfedpara_global_model_is_w1_alone(tmp_path: Path) -> None:
     data, partition = load_data(cfg)
     model = build_backbone(cfg, 10, (1, 8, 8))
     layout = StateLayout.of(model)
-    runner = ClientRunner(cfg, data, partition, layout)
+    runner = ClientRunner(worker_spec(cfg), data, partition, layout)
     glob = initial_state(model, layout)
     ev = runner.evaluate(glob, 64)
     # Reference: W2's factors set to zero, so W = W1 ⊙ (0 + 1) = W1.
@@ -99,7 +100,7 @@ def test_personal_evaluation_uses_the_clients_own_local_part(tmp_path: Path) -> 
     data, partition = load_data(cfg)
     model = build_backbone(cfg, 10, (1, 8, 8))
     layout = StateLayout.of(model)
-    runner = ClientRunner(cfg, data, partition, layout)
+    runner = ClientRunner(worker_spec(cfg), data, partition, layout)
     glob = initial_state(model, layout)
     from tests.fixtures import tiny_task
 
@@ -133,7 +134,7 @@ def test_personal_evaluation_samples_clients_per_round(tmp_path: Path) -> None:
         ((), (True, False)),
         (("model.param=pfedpara",), (True, True)),
         (("server.strategy=fedper",), (False, True)),
-        (("server.strategy=local",), (False, True)),
+        (("server.strategy=local_only",), (False, True)),
         (("server.evaluate=both", "data.client_test_fraction=0.1"), (True, True)),
     ],
 )
@@ -168,6 +169,6 @@ def test_pfedpara_personalizes_beyond_the_global_fedpara_model(tmp_path: Path) -
         runs[name] = run_experiment(cfg, backend="local")
     fedavg, pfedpara = (runs[n].summary for n in ("fedavg", "pfedpara"))
     # The same split for both: 2 label shards per client, 20% personal test data.
-    assert pfedpara["final_personal_accuracy"] > fedavg["final_accuracy"]
-    ratio = pfedpara["total_bytes"] / fedavg["total_bytes"]
+    assert pfedpara.final_personal_accuracy > fedavg.final_accuracy
+    ratio = pfedpara.total_bytes / fedavg.total_bytes
     assert 0.45 < ratio < 0.55, ratio  # W2's factors never travel

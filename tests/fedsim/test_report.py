@@ -32,7 +32,8 @@ import pytest
 import yaml
 
 from fedsim.cli import main
-from fedsim.report import RoundPoint, parse_metrics
+from fedsim.results import History
+from fedsim.tracking import RoundMetrics
 
 TARGET = ["--target", "0.8"]
 LINK = ["--uplink-mbps", "8", "--downlink-mbps", "16"]
@@ -132,7 +133,20 @@ def ori_run(root: Path) -> Path:
         )
         for r, a in enumerate(accs)
     ]
-    summary = {"num_params_travelling": 1000, "wall_seconds": 12.5, "total_bytes": 24e6}
+    summary = {
+        "name": "ori",
+        "strategy": "fedavg",
+        "final_accuracy": 0.9,
+        "final_loss": 0.1,
+        "best_accuracy": 0.9,
+        "rounds": 4,
+        "total_bytes": 24 * 10**6,
+        "bytes_up": 12 * 10**6,
+        "bytes_down": 12 * 10**6,
+        "num_params": 1000,
+        "num_params_travelling": 1000,
+        "wall_seconds": 12.5,
+    }  # a summary.json from before the personal accuracies: without them
     return write_run(
         root / "ori",
         "ori",
@@ -304,10 +318,10 @@ def test_resumed_rows_last_occurrence_wins() -> None:
             row | {"accuracy": 0.3},
         )
     )
-    points = parse_metrics(text + "\n{cut short")
-    assert [p.round for p in points] == [0, 1]
-    assert points[1] == RoundPoint(1, 0.3, None, 5, 5, 10, 1, 0, 1.0)
-    assert points[0].accuracy is None
+    history = History.parse(text + "\n{cut short")
+    assert list(history.rounds) == [0, 1]
+    assert history.rounds[1] == RoundMetrics.from_json(row | {"accuracy": 0.3})
+    assert history.rounds[1].accuracy == 0.3 and history.rounds[0].accuracy is None
 
 
 def test_same_names_are_told_apart(tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 
-from fedsim.backend.local import LocalBackend
 from fedsim.checkpoint import load_checkpoint
 from fedsim.config import ConfigError
 from fedsim.experiment import Experiment, run_experiment
+from fedsim.launch import local_pool
 from fedsim.state import ClientStateStore
 from fedsim.tracking import TIMING, read_metrics
 from tests.fixtures import tiny_config
@@ -32,7 +32,7 @@ def final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
 def crash_after(cfg_dir: Path, rounds_done: int, *overrides: str) -> Path:
     """Run ``rounds_done`` rounds, then stop as a killed process would."""
     cfg = tiny_config(cfg_dir, *overrides)
-    exp = Experiment(cfg, LocalBackend(cfg))
+    exp = Experiment(cfg, local_pool(cfg))
     for _ in range(rounds_done):
         exp.step()
     exp.close()  # no summary, no checkpoint beyond the last due one
@@ -131,6 +131,6 @@ def test_resumed_run_keeps_its_history(tmp_path: Path) -> None:
         resume=True,
     )
     # The wall time covers both sessions; config.yaml records the new rounds.
-    assert resumed.summary["wall_seconds"] > first.summary["wall_seconds"]
+    assert resumed.summary.wall_seconds > first.summary.wall_seconds
     saved = yaml.safe_load((first.run_dir / "config.yaml").read_text())
     assert saved["rounds"] == 3

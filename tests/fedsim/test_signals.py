@@ -190,3 +190,32 @@ def test_sigterm_stops_a_sweep_resumably(tmp_path: Path) -> None:
     )  # fmt: skip
     assert finished.returncode == 0, finished.stderr
     assert [r["round"] for r in read_metrics(first)] == list(range(done + 1))
+
+
+def test_sigterm_stops_a_compare_resumably(tmp_path: Path) -> None:
+    # Variants run as a sweep: stopped the same way, each resumable.
+    cmd = [
+        sys.executable, "-m", "fedsim", "compare", str(QUICKSTART),
+        "--variants", "original,fedpara", "--backend", "local",
+        "rounds=40", "data.num_clients=6", "server.clients_per_round=3",
+        "client.epochs=1", "log.progress=false", "log.checkpoint_every=100",
+        f"log.root={tmp_path}", "--out", str(tmp_path / "report"),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 180
+    while not (runs := list((tmp_path / "quickstart_original").glob("*"))):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    (first,) = runs
+    wait_for_rows(first, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "compare stopped by SIGTERM: 0 of 2 runs finished" in err
+    assert f"resume with: fedsim run --resume {first}" in err
+    assert "not started: quickstart_fedpara" in err
+    assert "Traceback" not in err and not (tmp_path / "quickstart_fedpara").exists()
+    assert (first / "checkpoints" / "last.pt").is_file()  # written at the stop
+    assert not (tmp_path / "report").exists()  # no report of a stopped set

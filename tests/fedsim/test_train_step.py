@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -9,16 +10,18 @@ import torch
 import yaml
 from torch import nn
 
+from fedsim.algorithm import ClientAlgorithm
 from fedsim.client import ClientRunner
-from fedsim.experiment import load_data
 from fedsim.messages import MODEL
-from fedsim.model import build_backbone
+from fedsim.model import build_backbone, worker_spec
 from fedsim.params import StateLayout, initial_state
+from fedsim.strategy.feddyn import FedDynClient
 from fedsim.strategy.fedprox import FedProxClient
-from fedsim.train_step import EagerRecorder, has_step_hooks, sgd_update
+from fedsim.strategy.scaffold import ScaffoldClient
+from fedsim.train_step import EagerRecorder, sgd_update
 from lightning_modules.classifier import Classifier
 from lightning_modules.layers import FedParaConv2d, FedParaLinear
-from tests.fixtures import tiny_config, tiny_task
+from tests.fixtures import load_data, tiny_config, tiny_task
 
 
 def _per_sample_net() -> nn.Module:
@@ -71,18 +74,11 @@ def test_the_captured_sgd_rule_is_torch_sgd(
             torch.testing.assert_close(a, b.detach(), rtol=1e-6, atol=1e-7)
 
 
-def test_algorithms_with_step_hooks_are_not_captured() -> None:
-    from fedsim.algorithm import ClientAlgorithm
-
-    assert not has_step_hooks(ClientAlgorithm())
-    assert has_step_hooks(FedProxClient(mu=0.1))
-
-
 def _runner(tmp_path: Path, *overrides: str) -> tuple[ClientRunner, dict]:
     cfg = tiny_config(tmp_path, *overrides)
     data, part = load_data(cfg)
     layout = StateLayout.of(build_backbone(cfg, 10, (1, 8, 8)))
-    runner = ClientRunner(cfg, data, part, layout)
+    runner = ClientRunner(worker_spec(cfg), data, part, layout)
     return runner, {MODEL: initial_state(runner.module.model, layout)}
 
 
@@ -152,16 +148,42 @@ def test_the_captured_step_trains_as_the_eager_step(tmp_path: Path) -> None:
     assert captured.engine._graph is not None  # recorded once, for both clients
 
 
-def test_a_client_with_step_hooks_runs_uncaptured(tmp_path: Path) -> None:
-    import dataclasses
+@pytest.mark.parametrize(
+    "algorithm",
+    [FedProxClient(mu=0.5), ScaffoldClient(), FedDynClient(alpha=0.1)],
+    ids=["fedprox", "scaffold", "feddyn"],
+)
+def test_algorithm_hooks_are_recorded_with_their_state_refilled_per_client(
+    tmp_path: Path, algorithm: ClientAlgorithm
+) -> None:
+    """Step hooks read static copies of their state, refilled for each client.
 
+    Two clients in a row with different kept states (and SCAFFOLD's control
+    variate) end where the eager step ends, and each client's kept state and
+    extra uploads agree too.
+    """
     eager, payload = _runner(tmp_path)
     captured, _ = _runner(tmp_path, "resources.cuda_graph=true")
     captured.engine.capture = True
     captured.engine.recorder = EagerRecorder()
-    task = dataclasses.replace(tiny_task(1), algorithm=FedProxClient(mu=0.5))
-    want = eager.train(task, payload, {})
-    got = captured.train(task, payload, {})
-    assert captured.engine._graph is None  # nothing was recorded
-    for name, tensor in want.upload[MODEL].items():
-        assert _rel(got.upload[MODEL][name], tensor) <= 1e-5, name
+    gen = torch.Generator().manual_seed(3)
+    floating = {n: t for n, t in payload[MODEL].items() if t.is_floating_point()}
+    full = {
+        **payload,
+        "control": {
+            n: 0.01 * torch.randn(t.shape, generator=gen) for n, t in floating.items()
+        },
+    }
+    kept: dict = {}
+    for client in (1, 2):
+        task = dataclasses.replace(tiny_task(client), algorithm=algorithm)
+        want = eager.train(task, full, kept)
+        got = captured.train(task, full, kept)
+        for channel, tensors in want.upload.items():
+            for name, tensor in tensors.items():
+                assert _rel(got.upload[channel][name], tensor) <= 1e-4, (channel, name)
+        for ns, tensors in want.keep.items():
+            for name, tensor in tensors.items():
+                assert _rel(got.keep[ns][name], tensor) <= 1e-4, (ns, name)
+        kept = dict(want.keep)  # the next client starts from a nonzero state
+    assert captured.engine._graph is not None  # recorded once, hooks included

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from fedsim.algorithm import ClientAlgorithm
 from fedsim.backend.placement import node_capacity, pool_size
 from fedsim.config import Config, ConfigError, ResourcesConfig, load_config
 from fedsim.messages import ClientFailure, ClientTask, ClientUpdate
-from tests.fixtures import QUICKSTART, tiny_config, tiny_task
+from tests.fixtures import QUICKSTART, run_model, tiny_config, tiny_task
 
 # ------------------------------------------------------------------ no Ray
 
@@ -33,11 +34,10 @@ def test_each_node_holds_whole_slices_only() -> None:
     two_cpus = ResourcesConfig(cpus_per_client=2)
     # Cluster totals (6 CPUs) would say 3; each 3-CPU node holds one.
     assert [node_capacity(two_cpus, {"CPU": 3})] * 2 == [1, 1]
-    cfg = load_config(QUICKSTART, ["resources.cpus_per_client=2"])
-    assert pool_size(cfg, [{"CPU": 3}, {"CPU": 3}]) == 2
+    assert pool_size(two_cpus, 10, [{"CPU": 3}, {"CPU": 3}]) == 2
     # A 0.4 slice fits twice in one GPU: 2 x 1-GPU nodes hold 4, not 5.
     frac = load_config(QUICKSTART, ["resources.gpus_per_client=0.4"])
-    assert pool_size(frac, [{"CPU": 8, "GPU": 1}] * 2) == 4
+    assert pool_size(frac.resources, 10, [{"CPU": 8, "GPU": 1}] * 2) == 4
     assert node_capacity(frac.resources, {"CPU": 8, "GPU": 2}) == 4
     assert node_capacity(frac.resources, {"CPU": 3, "GPU": 2}) == 3
     whole = ResourcesConfig(gpus_per_client=2)
@@ -48,7 +48,7 @@ def test_each_node_holds_whole_slices_only() -> None:
 def test_more_actors_than_the_nodes_hold_is_refused_with_the_fix() -> None:
     cfg = load_config(QUICKSTART, ["resources.num_actors=5"])
     with pytest.raises(ConfigError) as info:
-        pool_size(cfg, [{"CPU": 1}, {"CPU": 1}])
+        pool_size(cfg.resources, cfg.server.clients_per_round, [{"CPU": 1}, {"CPU": 1}])
     message = str(info.value)
     assert "holds 2 client actors of 1 CPU and 0 GPU each (per node: 1, 1)" in message
     assert "not 5; lower resources.num_actors" in message
@@ -98,20 +98,19 @@ def with_algo(task: ClientTask, algorithm: ClientAlgorithm) -> ClientTask:
 
 @pytest.fixture
 def pool_of(ray_module: Any) -> Iterator[Any]:
-    """``pool_of(cfg) -> (pool, payload)``: an attached pool, shut down after."""
-    from fedsim.backend.ray_pool import RayPool
-    from fedsim.client import build_classifier
-    from fedsim.experiment import load_data
+    """``pool_of(cfg, **options) -> (pool, payload)``: attached, shut down after."""
+    from fedsim.backend.ray_pool import RayPool, pool_for
     from fedsim.messages import MODEL
     from fedsim.params import StateLayout, initial_state
+    from tests.fixtures import load_data
 
     pools: list[RayPool] = []
 
-    def make(cfg: Config) -> tuple[RayPool, Mapping[str, Any]]:
+    def make(cfg: Config, **options: Any) -> tuple[RayPool, Mapping[str, Any]]:
         data, part = load_data(cfg)
-        model = build_classifier(cfg, 10, (1, 8, 8)).model
+        model = run_model(cfg)
         layout = StateLayout.of(model)
-        pools.append(RayPool(cfg))
+        pools.append(pool_for(cfg, **options))
         return pools[-1].attach(data, part, layout), {
             MODEL: initial_state(model, layout)
         }
@@ -174,13 +173,13 @@ def test_no_actor_left_fails_the_tasks_instead_of_hanging(
 ) -> None:
     import ray
 
-    cfg = tiny_config(tmp_path, "resources.num_actors=1")
-    pool, payload = pool_of(cfg)
+    cfg = tiny_config(
+        tmp_path, "resources.num_actors=1", "resources.replacement_timeout_s=0.5"
+    )
     # A replacement imports torch and Lightning (seconds): it cannot be ready
-    # within 0.5 s, so the round must give up on it, not wait. (The stall
-    # deadline is resources.placement_timeout_s, set here alone so that the
-    # reservation itself keeps the default.)
-    pool._scheduler.stall_s = 0.5
+    # within 0.5 s, so the round must give up on it, not wait. (The
+    # reservation keeps its own resources.placement_timeout_s.)
+    pool, payload = pool_of(cfg)
     ray.kill(pool.actors[0], no_restart=True)
     results = list(pool.train([tiny_task(0), tiny_task(1)], payload, lambda _: {}))
     reason = "no client actor alive: 1 replacement(s) not ready within 0.5 s"
@@ -190,14 +189,14 @@ def test_no_actor_left_fails_the_tasks_instead_of_hanging(
 
 @pytest.mark.slow
 def test_dead_actor_during_evaluation_is_rerun_elsewhere(
-    tmp_path: Path, pool_of: Any
+    tmp_path: Path, pool_of: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ray
 
     cfg = tiny_config(
         tmp_path, "resources.num_actors=2", "data.client_test_fraction=0.2"
     )
-    before = object_refs(ray)
+    put = spy_on_puts(ray, monkeypatch)
     pool, payload = pool_of(cfg)
     glob, clients = payload["model"], list(range(6))
     clean = pool.evaluate(glob, 64)
@@ -211,25 +210,37 @@ def test_dead_actor_during_evaluation_is_rerun_elsewhere(
     assert all(r.result.num_examples > 0 for r in personal)
     assert pool.replacements == 2
     # Shutdown lets go of the dataset, the partition and the payload (B11).
+    assert len(put) == 3  # the dataset, the partition, the boxed model
+    assert held_elsewhere(put) == 3  # the pool holds all three while it lives
     pool.shutdown()
-    deadline = time.monotonic() + 10  # Ray releases a killed task's args late
-    while object_refs(ray) - before and time.monotonic() < deadline:
-        gc.collect()  # exceptions of dead actors' tasks sit in reference cycles
-        time.sleep(0.2)
-    assert object_refs(ray) - before == set()
+    assert held_elsewhere(put) == 0
 
 
-def object_refs(ray: Any) -> set[Any]:
-    """The objects this process still holds references to (Ray internals)."""
-    worker = ray._private.worker.global_worker.core_worker
-    return set(worker.get_all_reference_counts())
+def spy_on_puts(ray: Any, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The refs of every ``ray.put`` from now on, in a list (which holds them)."""
+    refs: list[Any] = []
+    real_put = ray.put
+
+    def put(value: Any, **kwargs: Any) -> Any:
+        refs.append(real_put(value, **kwargs))
+        return refs[-1]
+
+    monkeypatch.setattr(ray, "put", put)
+    return refs
+
+
+def held_elsewhere(refs: list[Any]) -> int:
+    """How many of ``refs`` something besides the list itself still holds."""
+    gc.collect()  # exceptions of dead actors' tasks sit in reference cycles
+    # getrefcount counts the list, the loop's name and its own argument.
+    return sum(sys.getrefcount(ref) > 3 for ref in refs)
 
 
 @pytest.mark.slow
 def test_pool_larger_than_the_cluster_is_refused_at_once(
     tmp_path: Path, ray_module: Any
 ) -> None:
-    from fedsim.backend.ray_pool import RayPool
+    from fedsim.backend.ray_pool import pool_for
 
     cfg = tiny_config(
         tmp_path,
@@ -239,7 +250,7 @@ def test_pool_larger_than_the_cluster_is_refused_at_once(
     )
     started = time.monotonic()
     with pytest.raises(ConfigError, match=r"holds 2 client actors .* not 5"):
-        RayPool(cfg)
+        pool_for(cfg)
     assert time.monotonic() - started < 5
 
 
@@ -249,7 +260,7 @@ def test_two_pools_at_once_one_reserves_the_other_is_refused(
 ) -> None:
     from ray.util import placement_group_table
 
-    from fedsim.backend.ray_pool import RayPool
+    from fedsim.backend.ray_pool import RayPool, pool_for
 
     # Each asks for the whole 2-CPU cluster: a reservation is all or nothing,
     # so one gets it and the other is refused after its timeout (no deadlock).
@@ -259,7 +270,7 @@ def test_two_pools_at_once_one_reserves_the_other_is_refused(
 
     def attempt(_: int) -> RayPool | ConfigError:
         try:
-            return RayPool(cfg)
+            return pool_for(cfg)
         except ConfigError as exc:
             return exc
 
@@ -276,5 +287,5 @@ def test_two_pools_at_once_one_reserves_the_other_is_refused(
     finally:
         for pool in pools:
             pool.shutdown()
-    RayPool(cfg).shutdown()  # the reservation was released: it fits again
+    pool_for(cfg).shutdown()  # the reservation was released: it fits again
     assert {g["state"] for g in placement_group_table().values()} == {"REMOVED"}

@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
-from fedsim.experiment import checked_model, model_layout, run_experiment
+from fedsim.experiment import run_experiment
+from fedsim.model import checked_model
+from fedsim.strategy import state_layout
 from fedsim.tracking import read_metrics
 from tests.fixtures import tiny_config
 
@@ -73,8 +75,7 @@ def test_pool_spans_both_workers_four_per_gpu_one_data_copy_per_node(
     import ray
     from ray.experimental import get_object_locations
 
-    from fedsim.backend.ray_pool import LOAD_IN_TASK_BYTES, RayPool
-    from fedsim.experiment import data_request
+    from fedsim.backend.ray_pool import LOAD_IN_TASK_BYTES, pool_for
 
     images = LOAD_IN_TASK_BYTES // (3 * 32 * 32) + 1  # 64 MiB: loaded by a task
     cfg = tiny_config(
@@ -90,10 +91,10 @@ def test_pool_spans_both_workers_four_per_gpu_one_data_copy_per_node(
     )
     workers = {n.node_id for n in cluster.worker_nodes}
     head = ray.get_runtime_context().get_node_id()
-    with RayPool(cfg) as pool:
+    with pool_for(cfg) as pool:
         # On the head, which has no CPU: the loader task asks for none.
-        data, part = pool.load(data_request(cfg))
-        pool.attach(data, part, model_layout(cfg, checked_model(cfg)))
+        data, part = pool.load(cfg.data_request())
+        pool.attach(data, part, state_layout(cfg, checked_model(cfg)))
         # (a) 8 actors: four on each worker's one GPU.
         placements = pool.placements()
         per_gpu = Counter((p["node_id"], tuple(p["gpu_ids"])) for p in placements)
@@ -175,6 +176,6 @@ def test_run_survives_a_lost_worker_node_results_on_the_driver_node(
     assert [r["round"] for r in rows] == list(range(rounds))
     assert all(r["num_clients"] == 4 and r["num_failed"] == 0 for r in rows)
     assert rows[-1]["started_at"] > lost_at[0]
-    assert result.summary["rounds"] == rounds
+    assert result.summary.rounds == rounds
     alive = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")]
     assert len(alive) == WORKERS - 1

@@ -12,9 +12,9 @@ import torch
 
 from fedsim.checkpoint import load_checkpoint
 from fedsim.config import load_config
-from fedsim.experiment import load_data, run_experiment
+from fedsim.experiment import run_experiment
 from fedsim.tracking import read_metrics
-from tests.fixtures import QUICKSTART, tiny_config
+from tests.fixtures import QUICKSTART, load_data, run_model, tiny_config
 
 # The pool-sizing tests below need no Ray and run in the fast tier; every test
 # that starts Ray is marked slow on its own.
@@ -22,26 +22,26 @@ from tests.fixtures import QUICKSTART, tiny_config
 
 def test_pool_size_from_each_node() -> None:
     from fedsim.backend.placement import pool_size
-    from fedsim.config import ConfigError
+    from fedsim.config import ConfigError, ResourcesConfig
 
-    cfg = load_config(QUICKSTART, ["resources.gpus_per_client=0.25"])
-    assert pool_size(cfg, [{"CPU": 16, "GPU": 2}]) == 8
-    assert pool_size(cfg, [{"CPU": 3, "GPU": 2}]) == 3
-    cpu = load_config(QUICKSTART, ["server.clients_per_round=4"])
-    assert pool_size(cpu, [{"CPU": 64}]) == 4  # never more actors than a cohort
-    fixed = load_config(QUICKSTART, ["resources.num_actors=5"])
-    assert pool_size(fixed, [{"CPU": 3}, {"CPU": 2}]) == 5
+    quarter = ResourcesConfig(gpus_per_client=0.25)
+    assert pool_size(quarter, 10, [{"CPU": 16, "GPU": 2}]) == 8
+    assert pool_size(quarter, 10, [{"CPU": 3, "GPU": 2}]) == 3
+    one_cpu = ResourcesConfig()
+    assert pool_size(one_cpu, 4, [{"CPU": 64}]) == 4  # never more actors than a cohort
+    fixed = ResourcesConfig(num_actors=5)
+    assert pool_size(fixed, 10, [{"CPU": 3}, {"CPU": 2}]) == 5
     with pytest.raises(ConfigError, match=r"holds 1 client actors"):
-        pool_size(fixed, [{"CPU": 1}])
+        pool_size(fixed, 10, [{"CPU": 1}])
 
 
 def test_gpu_slice_without_gpus_falls_back_to_cpu() -> None:
     from fedsim.backend.placement import fit_slice
 
     cfg = load_config(QUICKSTART, ["resources.gpus_per_client=0.25"])
-    assert fit_slice(cfg, [{"CPU": 2.0}]).resources.gpus_per_client == 0.0
-    kept = fit_slice(cfg, [{"CPU": 2.0}, {"CPU": 16.0, "GPU": 1.0}])
-    assert kept.resources.gpus_per_client == 0.25
+    assert fit_slice(cfg.resources, [{"CPU": 2.0}]).gpus_per_client == 0.0
+    kept = fit_slice(cfg.resources, [{"CPU": 2.0}, {"CPU": 16.0, "GPU": 1.0}])
+    assert kept.gpus_per_client == 0.25
 
 
 def test_slice_no_node_can_hold_is_a_config_error() -> None:
@@ -50,10 +50,10 @@ def test_slice_no_node_can_hold_is_a_config_error() -> None:
 
     cfg = load_config(QUICKSTART, ["resources.cpus_per_client=4"])
     with pytest.raises(ConfigError, match=r"largest node has 2\.0 CPU"):
-        fit_slice(cfg, [{"CPU": 2.0}, {"CPU": 1.0}])
+        fit_slice(cfg.resources, [{"CPU": 2.0}, {"CPU": 1.0}])
     gpu = load_config(QUICKSTART, ["resources.gpus_per_client=2"])
     with pytest.raises(ConfigError, match=r"lower resources\.cpus_per_client"):
-        fit_slice(gpu, [{"CPU": 8.0, "GPU": 1.0}])
+        fit_slice(gpu.resources, [{"CPU": 8.0, "GPU": 1.0}])
 
 
 @pytest.mark.slow
@@ -89,13 +89,14 @@ def test_same_seed_same_results_with_1_and_2_actors(
 def test_fractional_gpu_actors_placed_four_per_gpu(tmp_path: Path) -> None:
     import ray
 
-    from fedsim.backend.ray_pool import RayPool, start_ray
+    from fedsim.backend.cluster import start_ray
+    from fedsim.backend.ray_pool import pool_for
     from fedsim.checkpoint import ServerState
     from fedsim.driver import Cohort, Driver
-    from fedsim.experiment import strategy_settings
     from fedsim.params import StateLayout, initial_state
     from fedsim.state import ClientStateStore
-    from fedsim.strategy import FedAvg
+    from fedsim.strategy import strategy_settings
+    from fedsim.strategy.fedavg import FedAvg
     from fedsim.tracking import Tracker
 
     # Ray accepts declared GPUs on a CPU-only machine: placement is testable here.
@@ -110,11 +111,10 @@ def test_fractional_gpu_actors_placed_four_per_gpu(tmp_path: Path) -> None:
             "resources.cpus_per_client=1",
         )
         data, part = load_data(cfg)
-        from fedsim.client import build_classifier
 
-        model = build_classifier(cfg, 10, (1, 8, 8)).model
+        model = run_model(cfg)
         layout = StateLayout.of(model)
-        with RayPool(cfg).attach(data, part, layout) as pool:
+        with pool_for(cfg).attach(data, part, layout) as pool:
             placements = pool.placements()
             assert len(placements) == 8
             per_gpu = Counter(tuple(p["gpu_ids"]) for p in placements)
@@ -124,7 +124,12 @@ def test_fractional_gpu_actors_placed_four_per_gpu(tmp_path: Path) -> None:
                 expected = "cuda:0" if torch.cuda.is_available() else "cpu"
                 assert p["device"] == expected
             assert len({p["pid"] for p in placements}) == 8
-            tracker = Tracker(tmp_path / "run", cfg)
+            tracker = Tracker(
+                tmp_path / "run",
+                cfg.log,
+                config=cfg.to_dict(),
+                strategy=cfg.server.strategy,
+            )
             driver = Driver(
                 cohort=Cohort(seed=0, num_clients=8, size=8),
                 backend=pool,
@@ -149,8 +154,7 @@ def test_dead_actor_is_replaced_and_client_retried(
 ) -> None:
     import ray
 
-    from fedsim.backend.ray_pool import RayPool
-    from fedsim.client import build_classifier
+    from fedsim.backend.ray_pool import pool_for
     from fedsim.messages import MODEL, ClientUpdate
     from fedsim.params import StateLayout, initial_state
     from tests.fixtures import tiny_task
@@ -159,10 +163,10 @@ def test_dead_actor_is_replaced_and_client_retried(
         tmp_path, "resources.num_actors=1", "resources.max_client_retries=1"
     )
     data, part = load_data(cfg)
-    model = build_classifier(cfg, 10, (1, 8, 8)).model
+    model = run_model(cfg)
     layout = StateLayout.of(model)
     payload = {MODEL: initial_state(model, layout)}
-    with RayPool(cfg).attach(data, part, layout) as pool:
+    with pool_for(cfg).attach(data, part, layout) as pool:
         victim = pool.actors[0]
         ray.kill(victim, no_restart=True)
         tasks = [tiny_task(c) for c in (0, 1)]
@@ -189,10 +193,8 @@ def test_driver_actor_reports_config_errors_as_themselves(
 def test_data_is_loaded_into_the_object_store_once(
     tmp_path: Path, ray_session: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fedsim.backend.ray_pool import RayPool
-    from fedsim.client import build_classifier
+    from fedsim.backend.ray_pool import pool_for
     from fedsim.data import DataError, FederatedData, Partition
-    from fedsim.experiment import data_request
     from fedsim.messages import MODEL, ClientUpdate
     from fedsim.params import StateLayout, initial_state
     from tests.fixtures import tiny_task
@@ -217,10 +219,10 @@ def test_data_is_loaded_into_the_object_store_once(
         "data.num_clients=100",
         "model.arch=cnn",
     )
-    model = build_classifier(cfg, 10, (3, 32, 32)).model
+    model = run_model(cfg)
     layout = StateLayout.of(model)
-    with RayPool(cfg) as pool:
-        request = data_request(cfg)
+    with pool_for(cfg) as pool:
+        request = cfg.data_request()
         assert request.approx_bytes() >= LOAD_IN_TASK_BYTES
         data, part = pool.load(request)
         expected, expected_part = load_data(cfg)

@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
-from fedsim.algorithm import ClientAlgorithm
+from fedsim.algorithm import AlgoState, ClientAlgorithm, hooked_step, local_training
 from fedsim.config import load_config
 from fedsim.messages import MODEL, ClientUpdate
-from fedsim.strategy import EvalSchedule, StrategySettings, reply_problem
+from fedsim.strategy import StrategySettings, reply_problem, strategy_settings
 
 
 def settings(*overrides: str) -> StrategySettings:
     """StrategySettings of the default config with ``overrides`` applied."""
-    cfg = load_config(None, list(overrides))
-    schedule = EvalSchedule(
-        every=cfg.server.eval_every,
-        rounds=cfg.rounds,
-        global_model=True,
-        personal=False,
-        personal_clients=None,
-        num_clients=cfg.data.num_clients,
-        seed=cfg.seed,
-    )
-    return StrategySettings(
-        client=cfg.client,
-        server=cfg.server,
-        num_clients=cfg.data.num_clients,
-        schedule=schedule,
-    )
+    return strategy_settings(load_config(None, list(overrides)))
+
+
+def aggregate(strategy, *args):  # type: ignore[no-untyped-def]
+    """``strategy.aggregate_train(*args)`` as ``(global, state)``; it must aggregate."""
+    out = strategy.aggregate_train(*args)
+    assert out is not None, "nothing was aggregated"
+    return out.global_tensors, out.state
 
 
 def update(
@@ -59,31 +50,34 @@ def run_quadratic_client(
     cid: int = 0,
     n: int = 1,
 ) -> ClientUpdate:
-    """Plain SGD on ``f(w) = a/2 (w - b)^2`` in the client runner's call order.
+    """Plain SGD on ``f(w) = a/2 (w - b)^2`` through fedsim's own client loop.
 
-    One float64 scalar parameter ``w`` travels; the hooks run exactly as
-    ``fedsim.client`` calls them (fresh copy, begin, per step zero_grad / loss /
-    backward / after_backward / step, end).
+    One float64 scalar parameter ``w`` travels; the hooks run in the order
+    ``ClientRunner.train`` runs them, because both call
+    :func:`fedsim.algorithm.local_training` and :func:`fedsim.algorithm.hooked_step`.
     """
-    algo = copy.copy(algorithm)
     w = torch.nn.Parameter(payload[MODEL]["w"].clone())
     params = {"w": w}
     optimizer = torch.optim.SGD([w], lr=lr)
-    algo.begin(params, payload, kept)
-    for _ in range(steps):
+
+    def step(_: int, state: AlgoState) -> None:
         optimizer.zero_grad()
-        loss = algo.loss(params, a / 2 * (w - b).square().sum())
-        loss.backward()
-        algo.after_backward(params)
+        loss = a / 2 * (w - b).square().sum()
+        hooked_step(algorithm, state, params, loss, lambda total: total.backward())
         optimizer.step()
-    extra_upload, extra_keep = algo.end(params, steps, lr)
+
+    outcome, done = local_training(
+        algorithm, params, payload, kept, start=lambda _: range(steps), step=step, lr=lr
+    )
+    assert done == steps
     return ClientUpdate(
         client_id=cid,
-        upload={MODEL: {"w": w.detach().clone()}, **extra_upload},
+        upload={MODEL: {"w": w.detach().clone()}, **outcome.upload},
         num_examples=n,
         train_loss=0.0,
         train_seconds=0.0,
-        keep=extra_keep,
+        keep=outcome.keep,
+        metrics=outcome.metrics,
     )
 
 
@@ -105,8 +99,10 @@ def run_rounds(strategy, glob, state, kept, cohorts, a, b, n, steps, lr):  # typ
                 cid=i,
                 n=n[i],
             )
-            assert reply_problem(up, plan.payload) is None
+            assert reply_problem(up, plan.upload) is None
             kept[i] = dict(up.keep)
             ups.append(up)
-        glob, state = strategy.aggregate_train(rnd, glob, state, ups)
+        out = strategy.aggregate_train(rnd, glob, state, ups)
+        assert out is not None
+        glob, state = out.global_tensors, out.state
         yield glob, state

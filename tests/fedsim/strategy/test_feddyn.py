@@ -1,7 +1,9 @@
 import torch
 
-from fedsim.strategy import FedDyn, FedDynClient, build_strategy
+from fedsim.strategy import build_strategy
+from fedsim.strategy.feddyn import FedDyn, FedDynClient
 from tests.fedsim.strategy.helpers import (
+    aggregate,
     run_rounds,
     settings,
     update,
@@ -13,7 +15,7 @@ F64 = torch.float64
 def feddyn_settings(alpha: float, num_clients: int = 3):
     return settings(
         "server.strategy=feddyn",
-        f"server.feddyn_alpha={alpha}",
+        f"server.settings.alpha={alpha}",
         f"data.num_clients={num_clients}",
         f"server.clients_per_round={min(num_clients, 2)}",
     )
@@ -29,7 +31,7 @@ def test_server_half_hand_computed() -> None:
         update(1, 3, {"w": torch.tensor([4.0])}),
     ]
     # Execute
-    new, new_state = strategy.aggregate_train(0, glob, state, ups)
+    new, new_state = aggregate(strategy, 0, glob, state, ups)
     # Assert: h = 0.2 - 0.5/4 * ((2 - 1) + (4 - 1)) = -0.3;
     #         theta = (2 + 4)/2 - (-0.3)/0.5 = 3.6 (uniform mean, not (2 + 12)/4)
     assert isinstance(strategy, FedDyn)
@@ -53,7 +55,7 @@ def test_client_terms_and_gradient_on_a_scalar() -> None:
     # Prepare: theta_g = 1, kept g_i = 2, alpha = 0.5; training moved theta to 3.
     w = torch.nn.Parameter(torch.tensor(1.0))
     algo = FedDynClient(alpha=0.5)
-    algo.begin(
+    state = algo.begin(
         {"w": w},
         {"model": {"w": torch.tensor(1.0)}},
         {"feddyn": {"w": torch.tensor(2.0)}},
@@ -61,9 +63,9 @@ def test_client_terms_and_gradient_on_a_scalar() -> None:
     with torch.no_grad():
         w.fill_(3.0)
     # Execute
-    loss = algo.loss({"w": w}, w.square())
+    loss = algo.loss(state, {"w": w}, w.square())
     loss.backward()
-    _, keep = algo.end({"w": w}, steps=1, lr=0.1)
+    keep = algo.end(state, {"w": w}, steps=1, lr=0.1).keep
     # Assert: 9 - 2*3 + 0.5/2 * (3 - 1)^2 = 4; d/dw = 6 - 2 + 0.5*2 = 5;
     #         g_i = 2 - 0.5 * (3 - 1) = 1
     assert loss.item() == 4.0

@@ -1,19 +1,25 @@
 import torch
 
 from fedsim.algorithm import ClientAlgorithm
-from fedsim.strategy import FedProx, FedProxClient, build_strategy
-from tests.fedsim.strategy.helpers import run_quadratic_client, settings, update
+from fedsim.strategy import build_strategy
+from fedsim.strategy.fedprox import FedProx, FedProxClient
+from tests.fedsim.strategy.helpers import (
+    aggregate,
+    run_quadratic_client,
+    settings,
+    update,
+)
 
 
 def test_proximal_term_and_its_gradient_on_a_scalar() -> None:
     # Prepare: global w_g = 1, the client has moved to w = 3, mu = 0.5.
     w = torch.nn.Parameter(torch.tensor(1.0))
     algo = FedProxClient(mu=0.5)
-    algo.begin({"w": w}, {"model": {"w": torch.tensor(1.0)}}, {})
+    state = algo.begin({"w": w}, {"model": {"w": torch.tensor(1.0)}}, {})
     with torch.no_grad():
         w.fill_(3.0)
     # Execute
-    loss = algo.loss({"w": w}, w.square())
+    loss = algo.loss(state, {"w": w}, w.square())
     loss.backward()
     # Assert: 3^2 + 0.5/2 * (3 - 1)^2 = 9 + 1 = 10; d/dw = 2*3 + 0.5*(3 - 1) = 7
     assert loss.item() == 10.0
@@ -23,9 +29,9 @@ def test_proximal_term_and_its_gradient_on_a_scalar() -> None:
 def test_mu_zero_adds_nothing_to_the_graph() -> None:
     w = torch.nn.Parameter(torch.tensor(2.0))
     algo = FedProxClient(mu=0.0)
-    algo.begin({"w": w}, {"model": {"w": torch.tensor(2.0)}}, {})
+    state = algo.begin({"w": w}, {"model": {"w": torch.tensor(2.0)}}, {})
     loss = w.square()
-    assert algo.loss({"w": w}, loss) is loss
+    assert algo.loss(state, {"w": w}, loss) is loss
 
 
 def test_local_sgd_follows_the_proximal_gradient() -> None:
@@ -52,7 +58,9 @@ def test_mu_zero_is_bit_identical_to_fedavg_training() -> None:
 
 def test_server_half_is_fedavg_with_the_proximal_client() -> None:
     # Prepare
-    strategy = build_strategy(settings("server.strategy=fedprox", "client.prox_mu=0.3"))
+    strategy = build_strategy(
+        settings("server.strategy=fedprox", "server.settings.mu=0.3")
+    )
     glob = {"w": torch.tensor([0.0])}
     ups = [
         update(0, 1, {"w": torch.tensor([2.0])}),
@@ -60,7 +68,7 @@ def test_server_half_is_fedavg_with_the_proximal_client() -> None:
     ]
     # Execute
     plan = strategy.configure_train(0, glob, {}, [0, 1])
-    new, state = strategy.aggregate_train(0, glob, {}, ups)
+    new, state = aggregate(strategy, 0, glob, {}, ups)
     # Assert: (1*2 + 3*6) / 4 = 5
     assert isinstance(strategy, FedProx)
     assert isinstance(plan.algorithm, FedProxClient) and plan.algorithm.mu == 0.3

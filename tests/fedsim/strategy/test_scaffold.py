@@ -1,7 +1,9 @@
 import torch
 
-from fedsim.strategy import Scaffold, ScaffoldClient, build_strategy
+from fedsim.strategy import build_strategy
+from fedsim.strategy.scaffold import Scaffold, ScaffoldClient
 from tests.fedsim.strategy.helpers import (
+    aggregate,
     run_rounds,
     settings,
     update,
@@ -26,7 +28,7 @@ def test_server_half_hand_computed() -> None:
         update(1, 3, {"w": torch.tensor([4.0])}, control={"w": torch.tensor([-0.6])}),
     ]
     # Execute
-    new, new_state = strategy.aggregate_train(0, glob, state, ups)
+    new, new_state = aggregate(strategy, 0, glob, state, ups)
     # Assert: x = (1*1 + 3*4) / 4 = 3.25; c = 0.3 + 2/4 * (0.2 - 0.6)/2 = 0.2
     assert isinstance(strategy, Scaffold)
     torch.testing.assert_close(new["w"], torch.tensor([3.25]))
@@ -59,12 +61,12 @@ def test_buffers_get_zero_control_and_keep_their_c_i() -> None:
     kept = {"scaffold": {"w": torch.tensor([0.1]), "buf": torch.tensor([0.7])}}
     algo = ScaffoldClient()
     # Execute: one step of lr 0.5 with gradient 1 - 0.1 + 0.5 = 1.4: w = 0.3
-    algo.begin({"w": w}, payload, kept)
-    w.grad = torch.tensor([1.0])
-    algo.after_backward({"w": w})
+    state = algo.begin({"w": w}, payload, kept)
+    grads = algo.gradients(state, {"w": torch.tensor([1.0])})
     with torch.no_grad():
-        w.sub_(0.5 * w.grad)
-    upload, keep = algo.end({"w": w}, steps=1, lr=0.5)
+        w.sub_(0.5 * grads["w"])
+    out = algo.end(state, {"w": w}, steps=1, lr=0.5)
+    upload, keep = out.upload, out.keep
     # Assert: c_i+ = 0.1 - 0.5 + (1 - 0.3) / 0.5 = 1.0 = g (the last gradient)
     torch.testing.assert_close(keep["scaffold"]["w"], torch.tensor([1.0]))
     torch.testing.assert_close(upload["control"]["w"], torch.tensor([0.9]))
