@@ -52,6 +52,8 @@ class ServerState:
     best_personal_accuracy: float | None = None
     last_eval: EvalMetrics | None = None
     wall_seconds: float = 0.0  # of the whole run up to its last checkpoint
+    # What the downlink codec dropped, added back next round (error feedback).
+    downlink_residual: Tensors = field(default_factory=dict)
 
     def advance(
         self,
@@ -60,6 +62,7 @@ class ServerState:
         strategy_state: StrategyState,
         ledger: Ledger,
         evaluation: EvalMetrics | None,
+        downlink_residual: Tensors | None = None,
     ) -> ServerState:
         """The state after this round."""
         nxt = replace(
@@ -68,6 +71,7 @@ class ServerState:
             global_tensors=global_tensors,
             strategy_state=strategy_state,
             ledger=ledger,
+            downlink_residual=downlink_residual or {},
         )
         if evaluation is None:
             return nxt
@@ -113,6 +117,7 @@ def save_checkpoint(
         "best_personal_accuracy": state.best_personal_accuracy,
         "last_eval": None if state.last_eval is None else vars(state.last_eval),
         "wall_seconds": state.wall_seconds,
+        "downlink_residual": dict(state.downlink_residual),
     }
     tmp = path.with_suffix(".tmp")
     torch.save(blob, tmp)
@@ -170,4 +175,5 @@ def load_checkpoint(run_dir: Path, config: Mapping[str, Any]) -> ServerState:
         if blob["last_eval"] is None
         else EvalMetrics(**blob["last_eval"]),
         wall_seconds=float(blob["wall_seconds"]),
+        downlink_residual=dict(blob.get("downlink_residual", {})),
     )

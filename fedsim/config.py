@@ -48,6 +48,7 @@ Evaluate = Literal["auto", "global", "personal", "both"]
 Precision = Literal["32-true", "16-mixed", "bf16-mixed"]
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
 MatmulPrecision = Literal["highest", "high", "medium"]
+CodecName = Literal["none", "fp16", "bf16", "int8", "int4", "topk", "sign"]
 
 
 class ConfigError(ValueError):
@@ -177,6 +178,32 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class CodecConfig:
+    """How the model travels in one direction (see :mod:`fedsim.compress`).
+
+    ``codec``: none, fp16, bf16, int8, int4 (uniform quantization), topk or
+    sign. ``scale``: one quantization scale per ``row`` (first dimension) or
+    per ``tensor``; ``stochastic``: stochastic rounding (int8, int4);
+    ``fraction``: the share of entries top-k sends; ``error_feedback``: add
+    what the codec dropped last time (null: on for topk and sign).
+    """
+
+    codec: CodecName = "none"
+    scale: Literal["row", "tensor"] = "row"
+    stochastic: bool = False
+    fraction: float = 0.01
+    error_feedback: bool | None = None
+
+
+@dataclass(frozen=True)
+class CommConfig:
+    """Encodings of the model channel: uploads (deltas) and downloads (the model)."""
+
+    uplink: CodecConfig = field(default_factory=CodecConfig)
+    downlink: CodecConfig = field(default_factory=CodecConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     """One federated experiment."""
 
@@ -189,9 +216,11 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
 
     def __post_init__(self) -> None:
         _validate(self)
+        _validate_comm(self.comm)
         _validate_strategy(self)
         _validate_resources(self)
 
@@ -387,6 +416,30 @@ def _validate_strategy(cfg: Config) -> None:
         "server.evaluate",
         "personal evaluation needs personal test splits: set "
         "data.client_test_fraction (e.g. 0.2)",
+    )
+
+
+def _validate_comm(comm: CommConfig) -> None:
+    for direction in ("uplink", "downlink"):
+        c: CodecConfig = getattr(comm, direction)
+        key = f"comm.{direction}"
+        _check(
+            0 < c.fraction <= 1,
+            f"{key}.fraction",
+            f"must be in (0, 1] (the share of entries topk sends), got {c.fraction}",
+        )
+        _check(
+            not c.stochastic or c.codec in ("int8", "int4"),
+            f"{key}.stochastic",
+            f"stochastic rounding is for codec int8 or int4, not {c.codec}; "
+            "set it to false or pick int8/int4",
+        )
+    _check(
+        comm.downlink.codec not in ("topk", "sign"),
+        "comm.downlink.codec",
+        "downloads carry the global model itself, which top-k or sign would "
+        "destroy; use none, fp16, bf16, int8 or int4 "
+        f"(got {comm.downlink.codec})",
     )
 
 

@@ -20,7 +20,10 @@ import numpy as np
 from fedsim.backend.base import Backend
 from fedsim.checkpoint import ServerState
 from fedsim.comm import RoundTraffic
+from fedsim.compress import Link, without_residual
+from fedsim.config import CommConfig
 from fedsim.messages import (
+    MODEL,
     Channels,
     ClientEval,
     ClientFailure,
@@ -122,6 +125,7 @@ class Driver:
         eval_batch_size: int,
         min_clients: int = 1,
         max_round_retries: int = 0,
+        link: Link | None = None,
     ) -> None:
         self.min_clients = min_clients
         self.max_round_retries = max_round_retries
@@ -131,6 +135,7 @@ class Driver:
         self.tracker = tracker
         self.store = store
         self.eval_batch_size = eval_batch_size
+        self.link = link or Link(CommConfig(), seed=cohort.seed)
 
     def run_round(self, state: ServerState) -> tuple[ServerState, RoundMetrics]:
         """One round from ``state``: returns the next state and its metrics.
@@ -150,14 +155,19 @@ class Driver:
             r, state.global_tensors, state.strategy_state, cohort
         )
         tasks = self._tasks(r, cohort, plan)
-        down = {t.client_id: _down_bytes(plan.payload, t.payload) for t in tasks}
-        down_by_channel = Counter[str]()
+        # What travels down is encoded once; clients get its decoded values.
+        payload, shared_sizes, down_residual = self.link.download(
+            r, plan.payload, state.downlink_residual
+        )
+        down, down_by_channel = {}, Counter[str]()
         for t in tasks:
-            down_by_channel.update(_channel_bytes({**plan.payload, **t.payload}))
+            sizes = {**shared_sizes, **_channel_bytes(t.payload)}
+            down[t.client_id] = sum(sizes.values())
+            down_by_channel.update(sizes)
         # --- execute and aggregate, again while too few clients succeed ---
         traffic, up_by_channel = RoundTraffic(r, {}, {}), Counter[str]()
         for attempt in range(self.max_round_retries + 1):
-            outcome = self._collect(plan, tasks)
+            outcome = self._collect(plan, payload, tasks)
             traffic = traffic.add(down, outcome.up)
             up_by_channel.update(outcome.up_by_channel)
             aggregate = self._aggregate(r, state, outcome)
@@ -215,6 +225,7 @@ class Driver:
             strategy_state=aggregate.state,
             ledger=ledger,
             evaluation=evaluation,
+            downlink_residual=down_residual,
         )
         return next_state, metrics
 
@@ -237,13 +248,20 @@ class Driver:
             )
         return tasks
 
-    def _collect(self, plan: TrainPlan, tasks: Sequence[ClientTask]) -> RoundOutcome:
-        """Every reply of one attempt: counted, checked, kept states held."""
+    def _collect(
+        self, plan: TrainPlan, payload: Channels, tasks: Sequence[ClientTask]
+    ) -> RoundOutcome:
+        """Every reply of one attempt: decoded, counted, checked, kept states held."""
         outcome = RoundOutcome()
-        for result in self.backend.train(tasks, plan.payload, self.store.get):
+        by_id = {t.client_id: t for t in tasks}
+        for result in self.backend.train(tasks, payload, self._kept):
             if isinstance(result, ClientUpdate):
-                # Measured on what arrived, not on what the client claims.
-                sizes = _channel_bytes(result.upload)
+                # Measured on the encoded upload, not on what the client claims.
+                task = by_id[result.client_id]
+                received = {**payload, **task.payload}.get(MODEL, {})
+                result, sizes = self.link.receive(
+                    task.round, result, received, self.store.get
+                )
                 outcome.up[result.client_id] = sum(sizes.values())
                 for ch, n in sizes.items():
                     outcome.up_by_channel[ch] = outcome.up_by_channel.get(ch, 0) + n
@@ -258,6 +276,10 @@ class Driver:
             log.warning("client %d failed: %s", result.client_id, result.reason)
             outcome.failures.append(result)
         return outcome
+
+    def _kept(self, client_id: int) -> Channels:
+        """What a client reads of its kept state (the codec's residual is not)."""
+        return without_residual(self.store.get(client_id))
 
     def _aggregate(
         self, server_round: int, state: ServerState, outcome: RoundOutcome
@@ -288,10 +310,9 @@ class Driver:
     ) -> list[ClientEval]:
         if not clients:
             return []
-        kept = self.store.get
         personal: list[ClientEval] = []
         for result in self.backend.evaluate_clients(
-            clients, global_tensors, kept, self.eval_batch_size
+            clients, global_tensors, self._kept, self.eval_batch_size
         ):
             if isinstance(result, ClientFailure):
                 log.warning(
@@ -307,11 +328,6 @@ class Driver:
 def _channel_bytes(channels: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
     """Bytes of each channel of a payload or an upload."""
     return {ch: payload_nbytes(t) for ch, t in channels.items()}
-
-
-def _down_bytes(shared: Channels, own: Channels) -> int:
-    """What one client downloads: the shared payload and its own channels."""
-    return sum(_channel_bytes({**shared, **own}).values())
 
 
 def _client_rows(
