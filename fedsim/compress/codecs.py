@@ -24,11 +24,11 @@ Example
 -------
 >>> import torch
 >>> codec = UniformQuant(bits=8, per_row=True)
->>> enc = codec.encode(torch.tensor([[1.0, -0.5], [0.25, 0.0]]))
+>>> enc = codec.encode(torch.tensor([[127.0, -64.0], [0.25, 0.0]]))
 >>> enc.nbytes  # 4 one-byte codes + 2 fp32 scales + a 12-byte header
-20
+24
 >>> codec.decode(enc).tolist()[0]
-[1.0, -0.5]
+[127.0, -64.0]
 """
 
 from __future__ import annotations

@@ -136,7 +136,9 @@ class Link:
             self.down, payload[MODEL], residual if self.down_feedback else None, gen
         )
         sizes[MODEL] = sent.nbytes
-        return {**payload, MODEL: sent.decoded}, sizes, sent.residual
+        decoded = {ch: dict(t) for ch, t in payload.items()}
+        decoded[MODEL] = sent.decoded
+        return decoded, sizes, sent.residual
 
     # ------------------------------------------------------------ uplink
     def encode_up(

@@ -45,8 +45,17 @@ def crash_after(cfg_dir: Path, rounds_done: int, *overrides: str) -> Path:
         ("model.param=pfedpara", "data.partition=shards"),
         ("server.strategy=fedadam",),
         ("server.strategy=scaffold",),
+        (
+            "model.param=pfedpara",
+            "data.partition=shards",
+            "comm.uplink.codec=int8",
+            "comm.uplink.stochastic=true",
+            "comm.uplink.error_feedback=true",
+            "comm.downlink.codec=int8",
+            "comm.downlink.error_feedback=true",
+        ),
     ],
-    ids=["pfedpara", "fedadam", "scaffold"],
+    ids=["pfedpara", "fedadam", "scaffold", "pfedpara-int8"],
 )
 def test_crash_between_checkpoints_resumes_exactly(
     tmp_path: Path, overrides: tuple[str, ...]

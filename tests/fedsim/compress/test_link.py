@@ -1,0 +1,171 @@
+"""The link: error feedback conserves what was meant, and the driver measures it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedsim.checkpoint import ServerState
+from fedsim.compress import UPLINK_RESIDUAL, Link, build_codec
+from fedsim.compress.codecs import HEADER_FIXED, Raw
+from fedsim.config import CodecConfig, CommConfig, ConfigError, load_config
+from fedsim.messages import MODEL
+from fedsim.params import StateLayout, initial_state
+from fedsim.registry import STRATEGIES
+from fedsim.strategy import state_layout
+from tests.fedsim.fakes import BoringBackend, boring_driver
+from tests.fixtures import run_model, tiny_config
+
+INT8_EF = (
+    "comm.uplink.codec=int8",
+    "comm.uplink.error_feedback=true",
+    "comm.downlink.codec=int8",
+)
+
+
+@pytest.mark.parametrize(
+    "uplink",
+    [
+        CodecConfig(codec="topk", fraction=0.2),
+        CodecConfig(codec="sign"),
+        CodecConfig(codec="int4", stochastic=True, error_feedback=True),
+    ],
+    ids=["topk", "sign", "int4-stochastic"],
+)
+def test_uplink_error_feedback_sends_every_delta_eventually(
+    uplink: CodecConfig,
+) -> None:
+    """Sum over rounds of what was sent + the final residual = sum of true deltas."""
+    link = Link(CommConfig(uplink=uplink), seed=3)
+    gen = torch.Generator().manual_seed(0)
+    received = {"w": torch.randn(4, 5, generator=gen), "n": torch.tensor(7)}
+    residual: dict[str, torch.Tensor] = {}
+    sent_sum, true_sum = torch.zeros(4, 5), torch.zeros(4, 5)
+    for r in range(6):
+        delta = torch.randn(4, 5, generator=gen)
+        trained = {"w": received["w"] + delta, "n": received["n"]}
+        sent = link.encode_up(r, 2, trained, received, residual)
+        sent_sum += sent.decoded["w"] - received["w"]
+        true_sum += delta
+        residual = sent.residual
+        assert int(sent.decoded["n"]) == 7  # a counter travels as it is
+    assert set(residual) == {"w"}
+    torch.testing.assert_close(sent_sum + residual["w"], true_sum)
+
+
+def test_downlink_error_feedback_conserves_the_models_sent() -> None:
+    down = CodecConfig(codec="int4", scale="tensor", error_feedback=True)
+    link = Link(CommConfig(downlink=down), seed=0)
+    gen = torch.Generator().manual_seed(1)
+    residual: dict[str, torch.Tensor] = {}
+    sent_sum, true_sum = torch.zeros(3, 3), torch.zeros(3, 3)
+    for r in range(5):
+        model = torch.randn(3, 3, generator=gen)
+        payload, sizes, residual = link.download(r, {MODEL: {"w": model}}, residual)
+        sent_sum += payload[MODEL]["w"]
+        true_sum += model
+        # 9 codes, two per byte, one fp32 scale, the (3, 3) header
+        assert sizes == {MODEL: 5 + 4 + HEADER_FIXED + 2 * 4}
+    torch.testing.assert_close(sent_sum + residual["w"], true_sum)
+
+
+def test_the_driver_measures_the_encoded_upload_and_decodes_it(
+    tmp_path: Path,
+) -> None:
+    backend = BoringBackend()
+    driver, state = boring_driver(tmp_path, backend, *INT8_EF)
+    new, metrics = driver.run_round(state)
+    cohort = [t.client_id for t in backend.tasks]
+    int8, raw = build_codec(CodecConfig(codec="int8")), Raw()
+    glob = state.global_tensors
+    down_model = {
+        n: int8.decode(int8.encode(t)) if n != "n" else t for n, t in glob.items()
+    }
+    down = sum(int8.encode(t).nbytes for n, t in glob.items() if n != "n")
+    down += raw.encode(glob["n"]).nbytes
+    up = 0
+    for c in cohort:  # each client's delta is 0.1 (c + 1) on every float
+        for name in ("w", "b"):
+            delta = torch.full_like(glob[name], 0.1 * (c + 1))
+            up += int8.encode(delta).nbytes
+        up += raw.encode(glob["n"]).nbytes
+    assert metrics.bytes_by_channel == {"model": {"down": 3 * down, "up": up}}
+    assert metrics.bytes_down == 3 * down and metrics.bytes_up == up
+    # The server decoded each upload: received model + decoded delta.
+    weights = [10 * (c + 1) for c in cohort]
+    mean = sum(
+        w * (down_model["w"] + 0.1 * (c + 1))
+        for w, c in zip(weights, cohort, strict=True)
+    ) / sum(weights)
+    torch.testing.assert_close(new.global_tensors["w"], mean, atol=2e-3, rtol=0)
+    # The residual is kept state, committed with the round; clients never see it.
+    assert set(driver.store.get(cohort[0])[UPLINK_RESIDUAL]) == {"w", "b"}
+    driver.run_round(new)
+    assert all(UPLINK_RESIDUAL not in driver._kept(c) for c in cohort)
+
+
+PARAMS = ("original", "lowrank", "fedpara", "pfedpara")
+
+
+@pytest.mark.parametrize("param", PARAMS)
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_strategy_and_parameterization_runs_with_codecs(
+    tmp_path: Path, strategy: str, param: str
+) -> None:
+    """Two rounds, int8 up (error feedback) and down, on the model's own tensors."""
+    over = (f"server.strategy={strategy}", f"model.param={param}")
+    cfg = tiny_config(tmp_path, *over)
+    model = run_model(cfg)
+    layout = state_layout(cfg, model)
+    backend = BoringBackend()
+    driver, _ = boring_driver(tmp_path, backend, *over, *INT8_EF)
+    glob = initial_state(model, layout)
+    state = ServerState(
+        round=0, global_tensors=glob, strategy_state=driver.strategy.init(glob)
+    )
+    for _ in range(2):
+        state, metrics = driver.run_round(state)
+        assert metrics.num_clients == 3 and metrics.num_failed == 0
+        assert all(
+            torch.isfinite(t.double()).all() for t in state.global_tensors.values()
+        )
+    sends = strategy != "local_only"
+    if sends:
+        raw_up = 3 * sum(t.nbytes for t in glob.values())
+        assert 0 < metrics.bytes_by_channel["model"]["up"] < 0.5 * raw_up
+
+
+def test_pfedpara_codecs_send_nothing_of_w2(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, "model.param=pfedpara")
+    model = run_model(cfg)
+    layout = StateLayout.of(model)
+    w2 = set(layout.local_names)
+    assert w2  # pFedPara has local factors
+    backend = BoringBackend()
+    driver, _ = boring_driver(tmp_path, backend, *INT8_EF)
+    glob = initial_state(model, layout)
+    state = ServerState(round=0, global_tensors=glob)
+    _, metrics = driver.run_round(state)
+    int8, raw = build_codec(CodecConfig(codec="int8")), Raw()
+    expected_down = sum(
+        (int8 if t.is_floating_point() else raw).encode(t).nbytes for t in glob.values()
+    )
+    assert metrics.bytes_by_channel["model"]["down"] == 3 * expected_down
+    kept = driver.store.get(backend.tasks[0].client_id)
+    assert set(kept[UPLINK_RESIDUAL]) == {
+        n for n, t in glob.items() if t.is_floating_point()
+    }
+    assert not w2 & set(kept[UPLINK_RESIDUAL])
+
+
+def test_bad_codec_settings_are_refused_with_a_fix() -> None:
+    with pytest.raises(ConfigError, match=r"comm\.uplink\.codec must be one of"):
+        load_config(None, ["comm.uplink.codec=int3"])
+    with pytest.raises(ConfigError, match=r"comm.uplink.fraction: must be in \(0, 1\]"):
+        load_config(None, ["comm.uplink.codec=topk", "comm.uplink.fraction=0"])
+    with pytest.raises(ConfigError, match="stochastic rounding is for codec int8"):
+        load_config(None, ["comm.uplink.codec=topk", "comm.uplink.stochastic=true"])
+    with pytest.raises(ConfigError, match=r"comm\.downlink\.codec: downloads carry"):
+        load_config(None, ["comm.downlink.codec=sign"])
