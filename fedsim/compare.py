@@ -2,7 +2,9 @@
 
 A variant is a small set of overrides on top of the config (and its own
 ``key=value`` overrides): each parameterization (``original``, ``lowrank``,
-``fedpara``, ``pfedpara``) sets ``model.param``; each strategy of
+``fedpara``, ``pfedpara``) sets ``model.param``, and ``<param>+<encoding>``
+(``fedpara+int8``, ``original+topk``, see :data:`ENCODINGS`) sets its
+``comm.uplink`` / ``comm.downlink`` codecs too; each strategy of
 :data:`fedsim.registry.STRATEGIES` sets ``server.strategy`` (plus what its
 entry adds: FedPer's dense layers). Every variant keeps the config's seed and
 data settings, so all of them train on the same partition and sample the same
@@ -48,9 +50,28 @@ from lightning_modules.spec import ParamKind
 PARAM_VARIANTS: dict[str, tuple[str, ...]] = {
     param: (f"model.param={param}",) for param in get_args(ParamKind)
 }
+#: encoding -> its comm.* overrides: both directions, or top-k / sign up and
+#: int8 down (a download is the model itself, which they would destroy).
+ENCODINGS: dict[str, tuple[str, ...]] = {
+    **{
+        codec: (f"comm.uplink.codec={codec}", f"comm.downlink.codec={codec}")
+        for codec in ("fp16", "bf16", "int8", "int4")
+    },
+    "topk": (
+        "comm.uplink.codec=topk",
+        "comm.uplink.fraction=0.1",
+        "comm.downlink.codec=int8",
+    ),
+    "sign": ("comm.uplink.codec=sign", "comm.downlink.codec=int8"),
+}
 #: variant -> the overrides that make it (applied after the user's overrides).
 VARIANTS: dict[str, tuple[str, ...]] = {
     **PARAM_VARIANTS,
+    **{
+        f"{param}+{encoding}": (*PARAM_VARIANTS[param], *comm)
+        for param in PARAM_VARIANTS
+        for encoding, comm in ENCODINGS.items()
+    },
     **{
         name: (f"server.strategy={name}", *spec.variant)
         for name, spec in STRATEGIES.items()
@@ -60,7 +81,10 @@ DEFAULT_VARIANTS = ("original", "lowrank", "fedpara")
 PERSONAL_PARAM = "pfedpara"
 #: variants whose clients keep a part of the model: they need personal test splits.
 PERSONAL_VARIANTS = frozenset(
-    {PERSONAL_PARAM, *(n for n, spec in STRATEGIES.items() if spec.keeps_local)}
+    {
+        *(n for n in VARIANTS if n.partition("+")[0] == PERSONAL_PARAM),
+        *(n for n, spec in STRATEGIES.items() if spec.keeps_local),
+    }
 )
 #: variants with no usable global model: evaluated on personal splits only.
 PERSONAL_ONLY = frozenset(n for n, spec in STRATEGIES.items() if not spec.global_model)

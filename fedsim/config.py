@@ -189,7 +189,7 @@ class CodecConfig:
     """
 
     codec: CodecName = "none"
-    scale: Literal["row", "tensor"] = "row"
+    scale: Literal["row", "tensor"] = "tensor"
     stochastic: bool = False
     fraction: float = 0.01
     error_feedback: bool | None = None

@@ -21,7 +21,7 @@ Example
 >>> [p.name for p in write_report([run], out, target=0.8).paths[:3]]
 ['report.md', 'report.csv', 'accuracy_vs_gb.png']
 >>> (out / "report.csv").read_text().splitlines()[1]
-'demo,,original,,,,2000000000.0,1,0.9,0.9,,,0.8,2.0,1.0,1.5,true'
+'demo,,original,,,none/none,,2000000000.0,1,0.9,0.9,,,0.8,2.0,1.0,1.5,true'
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ class RunRecord:
     strategy: str = ""
     params_travelling: int | None = None
     wall_seconds: float | None = None
+    encoding: str = "none/none"
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,24 @@ def load_run(run_dir: Path) -> RunRecord:
         strategy=str(server.get("strategy", "")),
         params_travelling=summary.num_params_travelling if summary else None,
         wall_seconds=summary.wall_seconds if summary else None,
+        encoding=_encoding(cfg.get("comm") or {}),
     )
+
+
+def _encoding(comm: dict[str, Any]) -> str:
+    """``uplink/downlink`` codecs of a run's ``comm`` section (top-k's fraction).
+
+    >>> _encoding({"uplink": {"codec": "topk", "fraction": 0.05}})
+    'topk(0.05)/none'
+    """
+    names = []
+    for direction in ("uplink", "downlink"):
+        codec = comm.get(direction) or {}
+        name = str(codec.get("codec", "none"))
+        if name == "topk":
+            name += f"({codec.get('fraction')})"
+        names.append(name)
+    return "/".join(names)
 
 
 METRICS = ("auto", "global", "personal")
@@ -212,6 +230,7 @@ def summarize(
         link_seconds_to_target=(
             sum(link_s[: pts.index(reached) + 1]) if link and reached else None
         ),
+        encoding=run.encoding,
     )  # fmt: skip
 
 

@@ -24,12 +24,13 @@ if TYPE_CHECKING:
     from fedsim.report import Link
 
 MD_HEADERS = (
-    "run", "arch", "param", "γ", "strategy", "params travelling", "bytes/round",
+    "run", "arch", "param", "γ", "strategy", "encoding up/down",
+    "params travelling", "bytes/round",
     "rounds", "final acc", "best acc", "final personal", "best personal",
     "GB to {t}", "GB ÷ original", "wall s",
 )  # fmt: skip
 CSV_HEADERS = (
-    "name", "arch", "param", "gamma", "strategy", "params_travelling",
+    "name", "arch", "param", "gamma", "strategy", "encoding", "params_travelling",
     "bytes_per_round", "rounds", "final_accuracy", "best_accuracy",
     "final_personal_accuracy", "best_personal_accuracy", "target", "gb_to_target",
     "gb_ratio_to_original", "wall_seconds", "wall_seconds_from_rounds",
@@ -61,12 +62,14 @@ class ReportRow:
     wall_seconds_from_rounds: bool
     link_seconds_per_round: float | None = None
     link_seconds_to_target: float | None = None
+    encoding: str = "none/none"  # uplink/downlink codec (comm.*.codec)
 
     def md_cells(self, link: bool) -> list[str]:
         """Markdown cells, in the order of :data:`MD_HEADERS`."""
         cells = [
             self.name.replace("|", r"\|"), self.arch, self.param,
-            _fmt(self.gamma, "g"), self.strategy, _fmt(self.params_travelling, ","),
+            _fmt(self.gamma, "g"), self.strategy, self.encoding,
+            _fmt(self.params_travelling, ","),
             _fmt(self.bytes_per_round, ",.0f"), str(self.rounds),
             _fmt(self.final_accuracy, ".4f"), _fmt(self.best_accuracy, ".4f"),
             _fmt(self.final_personal_accuracy, ".4f"),
@@ -84,7 +87,8 @@ class ReportRow:
         """CSV cells at full precision, in the order of :data:`CSV_HEADERS`."""
         cells = [
             self.name, self.arch, self.param, _fmt(self.gamma), self.strategy,
-            _fmt(self.params_travelling), _fmt(self.bytes_per_round), str(self.rounds),
+            self.encoding, _fmt(self.params_travelling), _fmt(self.bytes_per_round),
+            str(self.rounds),
             _fmt(self.final_accuracy), _fmt(self.best_accuracy),
             _fmt(self.final_personal_accuracy), _fmt(self.best_personal_accuracy),
             _fmt(self.target), _fmt(self.gb_to_target),
@@ -117,8 +121,8 @@ def format_markdown(
     >>> row = RoundMetrics(round=0, accuracy=0.5, bytes_up=7, bytes_down=0,
     ...                    cumulative_bytes=7, round_seconds=2.0)
     >>> run = RunRecord("a", History.of([row]))
-    >>> print(format_markdown(build_rows([run], 0.9), 0.9).splitlines()[2])
-    | a |  |  |  |  |  | 7 | 1 | 0.5000 | 0.5000 |  |  | not reached |  | 2.0* |
+    >>> print(format_markdown(build_rows([run], 0.9), 0.9).splitlines()[2][:42])
+    | a |  |  |  |  | none/none |  | 7 | 1 | 0
     """
     t = f"{target:g}"
     headers = [h.format(t=t) for h in MD_HEADERS + (LINK_MD_HEADERS if link else ())]
@@ -161,7 +165,7 @@ def format_csv(rows: Sequence[ReportRow], link: Link | None = None) -> str:
     ...                    cumulative_bytes=7, round_seconds=2.0)
     >>> run = RunRecord("a", History.of([row]))
     >>> print(format_csv(build_rows([run], 0.9)).splitlines()[1])
-    a,,,,,,7.0,1,0.5,0.5,,,0.9,,,2.0,true
+    a,,,,,none/none,,7.0,1,0.5,0.5,,,0.9,,,2.0,true
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

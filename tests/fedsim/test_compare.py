@@ -180,3 +180,23 @@ def test_a_strategy_setting_reaches_the_variants_that_have_it() -> None:
     assert named["fedavg"].server.strategy == "fedavg"
     with pytest.raises(ConfigError, match="no variant's strategy has this setting"):
         variant_configs(QUICKSTART, ["server.settings.mu=0.3"], ["fedavg", "scaffold"])
+
+
+def test_encoding_variants_cross_parameterization_with_codecs() -> None:
+    names = "original,original+int8,fedpara,fedpara+int8,fedpara+topk"
+    named = variant_configs(None, ["rounds=2"], parse_variants(names))
+    got = {
+        name: (cfg.model.param, cfg.comm.uplink.codec, cfg.comm.downlink.codec)
+        for name, cfg in named
+    }
+    assert got == {
+        "original": ("original", "none", "none"),
+        "original+int8": ("original", "int8", "int8"),
+        "fedpara": ("fedpara", "none", "none"),
+        "fedpara+int8": ("fedpara", "int8", "int8"),
+        "fedpara+topk": ("fedpara", "topk", "int8"),
+    }
+    assert {(cfg.seed, cfg.data) for _, cfg in named} == {
+        (named[0][1].seed, named[0][1].data)
+    }
+    assert [cfg.name for _, cfg in named][-1] == "quickstart_fedpara+topk"

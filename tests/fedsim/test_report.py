@@ -38,20 +38,21 @@ from fedsim.tracking import RoundMetrics
 TARGET = ["--target", "0.8"]
 LINK = ["--uplink-mbps", "8", "--downlink-mbps", "16"]
 MD_HEADER = (
-    "| run | arch | param | γ | strategy | params travelling | bytes/round | rounds "
+    "| run | arch | param | γ | strategy | encoding up/down | params travelling "
+    "| bytes/round | rounds "
     "| final acc | best acc | final personal | best personal | GB to 0.8 "
     "| GB ÷ original | wall s |"
 )
 MD_ORI = (
-    "| ori | mlp_digits | original | 0.5 | fedavg | 1,000 | 6,000,000 | 4 "
+    "| ori | mlp_digits | original | 0.5 | fedavg | none/none | 1,000 | 6,000,000 | 4 "
     "| 0.9000 | 0.9000 |  |  | 0.018 | 1.000 | 12.5 |"
 )
 MD_FED = (
-    "| fed | mlp_digits | fedpara | 0.1 | fedavg |  | 1,150,000 | 4 "
+    "| fed | mlp_digits | fedpara | 0.1 | fedavg | none/none |  | 1,150,000 | 4 "
     "| 0.8100 | 0.8200 | 0.7000 | 0.7500 | 0.0036 | 0.200 | 10.0* |"
 )
 MD_LOW = (
-    "| low_eval2 | mlp_digits | lowrank | 0.3 | fedprox |  | 800,000 | 5 "
+    "| low_eval2 | mlp_digits | lowrank | 0.3 | fedprox | none/none |  | 800,000 | 5 "
     "| 0.6000 | 0.7500 |  |  | not reached |  | 2.5* |"
 )
 
@@ -229,7 +230,7 @@ def test_tables_with_link_hand_computed(
 
     md = (out / "report.md").read_text().splitlines()
     assert md[0] == MD_HEADER[:-1] + "| link s/round | link s to 0.8 |"
-    assert md[1] == "|" + "---|" * 17
+    assert md[1] == "|" + "---|" * 18
     assert md[2] == MD_ORI + " 1.5 | 4.5 |"
     assert md[3] == MD_FED + " 0.3 | 0.9 |"
     assert md[4] == MD_LOW + " 0.3 | not reached |"
@@ -244,7 +245,8 @@ def test_tables_with_link_hand_computed(
 
     header = (out / "report.csv").read_text().splitlines()[0]
     assert header == (
-        "name,arch,param,gamma,strategy,params_travelling,bytes_per_round,rounds,"
+        "name,arch,param,gamma,strategy,encoding,params_travelling,bytes_per_round,"
+        "rounds,"
         "final_accuracy,best_accuracy,final_personal_accuracy,best_personal_accuracy,"
         "target,gb_to_target,gb_ratio_to_original,wall_seconds,"
         "wall_seconds_from_rounds,link_seconds_per_round,link_seconds_to_target"
@@ -286,7 +288,7 @@ def test_without_link_or_original(tmp_path: Path) -> None:
     dirs = [str(fed_run(tmp_path)), str(low_run(tmp_path))]
     assert main(["report", *dirs, "--out", str(out), *TARGET]) == 0
     md = (out / "report.md").read_text().splitlines()
-    assert md[:2] == [MD_HEADER, "|" + "---|" * 15]
+    assert md[:2] == [MD_HEADER, "|" + "---|" * 16]
     # no original run in the set: the ratio column stays empty
     assert md[2] == MD_FED.replace("| 0.200 |", "|  |")
     assert md[3] == MD_LOW
