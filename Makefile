@@ -42,7 +42,8 @@ bench: $(STAMP)
 
 # README "## Results": original / low-rank / FedPara on the digits (IID and Dirichlet
 # 0.5, gamma 0.1) and pFedPara against FedAvg / FedPer / local-only on the 2-shard
-# split, each with one seed, in this process (no Ray). 3 to 4 minutes on 2 cores.
+# split, and FedPara / original with int8 or top-k encodings (compression), each
+# with one seed, in this process (no Ray). 4 to 6 minutes on 2 cores.
 RESULTS     := docs/results
 RESULTS_RUN := --backend local log.root=runs/results log.tensorboard=false
 
@@ -55,6 +56,10 @@ results: $(STAMP)
 	$(BIN)/fedsim compare configs/personalization/quickstart_fedavg.yaml \
 	    name=digits_shards --variants fedavg,fedper,pfedpara,local_only --target 0.85 \
 	    --out $(RESULTS)/personalization $(RESULTS_RUN)
+	$(BIN)/fedsim compare configs/quickstart.yaml name=digits_compression \
+	    data.partition=dirichlet data.alpha=0.5 model.gamma=0.1 rounds=60 \
+	    --variants original,original+int8,fedpara,fedpara+int8,fedpara+topk \
+	    --target 0.9 --out $(RESULTS)/compression $(RESULTS_RUN)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -258,9 +258,10 @@ class Driver:
             if isinstance(result, ClientUpdate):
                 # Measured on the encoded upload, not on what the client claims.
                 task = by_id[result.client_id]
+                sent = {**plan.payload, **task.payload}.get(MODEL, {})
                 received = {**payload, **task.payload}.get(MODEL, {})
                 result, sizes = self.link.receive(
-                    task.round, result, received, self.store.get
+                    task.round, result, sent, received, self.store.get
                 )
                 outcome.up[result.client_id] = sum(sizes.values())
                 for ch, n in sizes.items():

@@ -284,6 +284,9 @@ class Tracker:
             if tag.startswith("strategy/"):  # under the strategy's own name
                 tag = f"{self.strategy}/{tag.removeprefix('strategy/')}"
             self.writer.add_scalar(tag, value, step)
+        for channel, directions in metrics.bytes_by_channel.items():
+            for direction, n in directions.items():  # encoded bytes, as measured
+                self.writer.add_scalar(f"bytes/{channel}_{direction}", n, step)
         # Accuracy against cumulative traffic, the paper's x-axis. TensorBoard
         # steps are integers, so the step is kilobytes: whole megabytes would
         # merge rounds of small models into one point.

@@ -26,8 +26,8 @@ Example
 >>> link = Link(CommConfig(uplink=CodecConfig(codec="int8")), seed=0)
 >>> sent = link.encode_up(0, 3, {"w": torch.full((2, 2), 0.5)},
 ...                       {"w": torch.zeros(2, 2)}, residual={})
->>> sent.nbytes  # 4 codes + 2 row scales + a 12-byte header
-24
+>>> sent.nbytes  # 4 one-byte codes + one fp32 scale + a 12-byte header
+20
 """
 
 from __future__ import annotations
@@ -148,12 +148,16 @@ class Link:
         trained: Mapping[str, Tensor],
         received: Mapping[str, Tensor],
         residual: Mapping[str, Tensor],
+        base: Mapping[str, Tensor] | None = None,
     ) -> Sent:
         """The client's delta ``trained - received`` through the uplink codec.
 
         The decoded values are the server's copy of the upload:
-        ``received + decode(encode(delta + residual))``.
+        ``base + decode(encode(delta + residual))``, where ``base`` is the
+        server's own (unencoded) model, ``received`` by default: what the
+        downlink codec lost never enters the server's model.
         """
+        base = received if base is None else base
         delta = {
             n: t - received[n] if t.is_floating_point() else t
             for n, t in trained.items()
@@ -161,7 +165,7 @@ class Link:
         gen = _generator(self.seed, server_round, client_id)
         sent = send(self.up, delta, residual if self.up_feedback else None, gen)
         model = {
-            n: received[n] + d if d.is_floating_point() else d
+            n: base[n] + d if d.is_floating_point() else d
             for n, d in sent.decoded.items()
         }
         return replace(sent, decoded=model)
@@ -170,10 +174,15 @@ class Link:
         self,
         server_round: int,
         update: ClientUpdate,
+        sent: Mapping[str, Tensor],
         received: Mapping[str, Tensor],
         kept: Callable[[int], Channels],
     ) -> tuple[ClientUpdate, dict[str, int]]:
         """The reply as the server decodes it, and its measured bytes per channel.
+
+        ``sent`` is the model the server encoded for this client, ``received``
+        what the client decoded: the client's delta is taken from the latter
+        and added to the former.
 
         A reply whose model does not match what the client received (names,
         shapes, non-finite values) is passed on as it came, measured raw: the
@@ -186,12 +195,12 @@ class Link:
             return update, sizes
         cid = update.client_id
         residual = kept(cid).get(UPLINK_RESIDUAL, {}) if self.up_feedback else {}
-        sent = self.encode_up(server_round, cid, model, received, residual)
-        sizes[MODEL] = sent.nbytes
+        up = self.encode_up(server_round, cid, model, received, residual, sent)
+        sizes[MODEL] = up.nbytes
         keep = dict(update.keep)
         if self.up_feedback:
-            keep[UPLINK_RESIDUAL] = sent.residual
-        upload = {**update.upload, MODEL: sent.decoded}
+            keep[UPLINK_RESIDUAL] = up.residual
+        upload = {**update.upload, MODEL: up.decoded}
         return replace(update, upload=upload, keep=keep), sizes
 
 
