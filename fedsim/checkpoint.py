@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from fedsim.comm import Ledger, RoundTotals
-from fedsim.config import ConfigError
+from fedsim.config import Config, ConfigError
 from fedsim.params import Tensors
 from fedsim.strategy import EvalMetrics, StrategyState
 from fedsim.tracking import flatten
@@ -152,7 +152,14 @@ def load_checkpoint(run_dir: Path, config: Mapping[str, Any]) -> ServerState:
         )
     saved = flatten(json.loads(blob["config"]))
     now = flatten(_fingerprint(config))
-    differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    # A key newer than the checkpoint, at its default, is the run it was.
+    default = flatten(_fingerprint(Config().to_dict()))
+    differ = sorted(
+        k
+        for k in saved.keys() | now.keys()
+        if saved.get(k) != now.get(k)
+        and not (k not in saved and k in default and now[k] == default[k])
+    )
     if differ:
         shown = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in differ)
         raise ConfigError(

@@ -20,7 +20,7 @@ import numpy as np
 from fedsim.backend.base import Backend
 from fedsim.checkpoint import ServerState
 from fedsim.comm import RoundTraffic
-from fedsim.compress import Link, without_residual
+from fedsim.compress import Wire, without_residual
 from fedsim.config import CommConfig
 from fedsim.messages import (
     MODEL,
@@ -125,7 +125,7 @@ class Driver:
         eval_batch_size: int,
         min_clients: int = 1,
         max_round_retries: int = 0,
-        link: Link | None = None,
+        wire: Wire | None = None,
     ) -> None:
         self.min_clients = min_clients
         self.max_round_retries = max_round_retries
@@ -135,7 +135,7 @@ class Driver:
         self.tracker = tracker
         self.store = store
         self.eval_batch_size = eval_batch_size
-        self.link = link or Link(CommConfig(), seed=cohort.seed)
+        self.wire = wire or Wire(CommConfig(), seed=cohort.seed)
 
     def run_round(self, state: ServerState) -> tuple[ServerState, RoundMetrics]:
         """One round from ``state``: returns the next state and its metrics.
@@ -156,7 +156,7 @@ class Driver:
         )
         tasks = self._tasks(r, cohort, plan)
         # What travels down is encoded once; clients get its decoded values.
-        payload, shared_sizes, down_residual = self.link.download(
+        payload, shared_sizes, down_residual = self.wire.download(
             r, plan.payload, state.downlink_residual
         )
         down, down_by_channel = {}, Counter[str]()
@@ -260,7 +260,7 @@ class Driver:
                 task = by_id[result.client_id]
                 sent = {**plan.payload, **task.payload}.get(MODEL, {})
                 received = {**payload, **task.payload}.get(MODEL, {})
-                result, sizes = self.link.receive(
+                result, sizes = self.wire.receive(
                     task.round, result, sent, received, self.store.get
                 )
                 outcome.up[result.client_id] = sum(sizes.values())

@@ -23,7 +23,7 @@ from typing import Any
 
 from fedsim.backend.base import Backend
 from fedsim.checkpoint import ServerState, load_checkpoint, save_checkpoint
-from fedsim.compress import Link
+from fedsim.compress import Wire
 from fedsim.config import Config, load_config
 from fedsim.data import FederatedData, Partition, label_heatmap, partition_summary
 from fedsim.driver import Cohort, Driver, RoundFailed
@@ -121,7 +121,7 @@ class Experiment:
             eval_batch_size=cfg.server.eval_batch_size,
             min_clients=cfg.server.min_clients,
             max_round_retries=cfg.server.max_round_retries,
-            link=Link(cfg.comm, seed=cfg.seed),
+            wire=Wire(cfg.comm, seed=cfg.seed),
         )
 
     def next_round(self) -> int:

@@ -1,18 +1,18 @@
-"""Encodings of what travels: codecs, error feedback and the measured link.
+"""Encodings of what travels: codecs, error feedback and the model channel on the wire.
 
 :mod:`fedsim.compress.codecs` holds the codecs (tensor -> wire buffers ->
-tensor); :mod:`fedsim.compress.link` applies them to the model channel of a
+tensor); :mod:`fedsim.compress.wire` applies them to the model channel of a
 round, both directions, with error feedback.
 """
 
 from fedsim.compress.codecs import Codec, Encoded
-from fedsim.compress.link import UPLINK_RESIDUAL, Link, build_codec, without_residual
+from fedsim.compress.wire import UPLINK_RESIDUAL, Wire, build_codec, without_residual
 
 __all__ = [
     "UPLINK_RESIDUAL",
     "Codec",
     "Encoded",
-    "Link",
+    "Wire",
     "build_codec",
     "without_residual",
 ]

@@ -18,7 +18,7 @@ import torch
 
 from fedsim.backend.base import Backend, ClientResult, KeptStates, read_kept
 from fedsim.checkpoint import ServerState
-from fedsim.compress import Link
+from fedsim.compress import Wire
 from fedsim.config import load_config
 from fedsim.data import FederatedData, Partition
 from fedsim.driver import Cohort, Driver
@@ -135,7 +135,7 @@ def boring_driver(
         eval_batch_size=8,
         min_clients=cfg.server.min_clients,
         max_round_retries=cfg.server.max_round_retries,
-        link=Link(cfg.comm, seed=cfg.seed),
+        wire=Wire(cfg.comm, seed=cfg.seed),
     )
     return driver, ServerState(
         round=0, global_tensors=glob, strategy_state=strategy.init(glob)

@@ -1,4 +1,4 @@
-"""The link: error feedback conserves what was meant, and the driver measures it."""
+"""The wire: error feedback conserves what was meant, and the driver measures it."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedsim.checkpoint import ServerState
-from fedsim.compress import UPLINK_RESIDUAL, Link, build_codec
+from fedsim.checkpoint import ServerState, load_checkpoint, save_checkpoint
+from fedsim.compress import UPLINK_RESIDUAL, Wire, build_codec
 from fedsim.compress.codecs import HEADER_FIXED, Raw
 from fedsim.config import CodecConfig, CommConfig, ConfigError, load_config
 from fedsim.messages import MODEL
@@ -38,7 +38,7 @@ def test_uplink_error_feedback_sends_every_delta_eventually(
     uplink: CodecConfig,
 ) -> None:
     """Sum over rounds of what was sent + the final residual = sum of true deltas."""
-    link = Link(CommConfig(uplink=uplink), seed=3)
+    wire = Wire(CommConfig(uplink=uplink), seed=3)
     gen = torch.Generator().manual_seed(0)
     received = {"w": torch.randn(4, 5, generator=gen), "n": torch.tensor(7)}
     residual: dict[str, torch.Tensor] = {}
@@ -46,7 +46,7 @@ def test_uplink_error_feedback_sends_every_delta_eventually(
     for r in range(6):
         delta = torch.randn(4, 5, generator=gen)
         trained = {"w": received["w"] + delta, "n": received["n"]}
-        sent = link.encode_up(r, 2, trained, received, residual)
+        sent = wire.encode_up(r, 2, trained, received, residual)
         sent_sum += sent.decoded["w"] - received["w"]
         true_sum += delta
         residual = sent.residual
@@ -57,13 +57,13 @@ def test_uplink_error_feedback_sends_every_delta_eventually(
 
 def test_downlink_error_feedback_conserves_the_models_sent() -> None:
     down = CodecConfig(codec="int4", scale="tensor", error_feedback=True)
-    link = Link(CommConfig(downlink=down), seed=0)
+    wire = Wire(CommConfig(downlink=down), seed=0)
     gen = torch.Generator().manual_seed(1)
     residual: dict[str, torch.Tensor] = {}
     sent_sum, true_sum = torch.zeros(3, 3), torch.zeros(3, 3)
     for r in range(5):
         model = torch.randn(3, 3, generator=gen)
-        payload, sizes, residual = link.download(r, {MODEL: {"w": model}}, residual)
+        payload, sizes, residual = wire.download(r, {MODEL: {"w": model}}, residual)
         sent_sum += payload[MODEL]["w"]
         true_sum += model
         # 9 codes, two per byte, one fp32 scale, the (3, 3) header
@@ -165,3 +165,15 @@ def test_bad_codec_settings_are_refused_with_a_fix() -> None:
         load_config(None, ["comm.uplink.codec=topk", "comm.uplink.stochastic=true"])
     with pytest.raises(ConfigError, match=r"comm\.downlink\.codec: downloads carry"):
         load_config(None, ["comm.downlink.codec=sign"])
+
+
+def test_a_checkpoint_from_before_comm_resumes_only_at_the_defaults(
+    tmp_path: Path,
+) -> None:
+    cfg = load_config(None, [f"log.root={tmp_path}"]).to_dict()
+    older = {k: v for k, v in cfg.items() if k != "comm"}  # written before comm.*
+    save_checkpoint(tmp_path, ServerState(round=2, global_tensors={}), older)
+    assert load_checkpoint(tmp_path, cfg).round == 2
+    int8 = load_config(None, [f"log.root={tmp_path}", "comm.uplink.codec=int8"])
+    with pytest.raises(ConfigError, match=r"comm\.uplink\.codec \(None -> 'int8'\)"):
+        load_checkpoint(tmp_path, int8.to_dict())

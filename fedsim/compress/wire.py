@@ -1,7 +1,7 @@
 """The model channel on the wire: encoded, measured and decoded at the boundary.
 
-The driver hands every round's download to :meth:`Link.download` and every
-reply to :meth:`Link.receive`; both encode with the direction's codec, measure
+The driver hands every round's download to :meth:`Wire.download` and every
+reply to :meth:`Wire.receive`; both encode with the direction's codec, measure
 the encoded buffers (the bytes that count) and decode, so the clients, the
 reply check and the strategy only ever see plain tensors:
 
@@ -23,8 +23,8 @@ Example
 -------
 >>> import torch
 >>> from fedsim.config import CodecConfig, CommConfig
->>> link = Link(CommConfig(uplink=CodecConfig(codec="int8")), seed=0)
->>> sent = link.encode_up(0, 3, {"w": torch.full((2, 2), 0.5)},
+>>> wire = Wire(CommConfig(uplink=CodecConfig(codec="int8")), seed=0)
+>>> sent = wire.encode_up(0, 3, {"w": torch.full((2, 2), 0.5)},
 ...                       {"w": torch.zeros(2, 2)}, residual={})
 >>> sent.nbytes  # 4 one-byte codes + one fp32 scale + a 12-byte header
 20
@@ -114,7 +114,7 @@ def send(
     return Sent(encoded, decoded, left)
 
 
-class Link:
+class Wire:
     """The two directions of the model channel for one run."""
 
     def __init__(self, comm: CommConfig, seed: int) -> None:
