@@ -27,7 +27,7 @@ from fedsim.cli.common import (
     summary_paragraph,
 )
 from fedsim.cli.jobs import follow_submitted, job_config
-from fedsim.compare import DEFAULT_VARIANTS, PARAM_VARIANTS
+from fedsim.compare import DEFAULT_VARIANTS, ENCODINGS, PARAM_VARIANTS
 from fedsim.config import Config, ConfigError, load_config
 from fedsim.data import check_available
 from fedsim.launch import ray_cluster, resolve_paths
@@ -53,7 +53,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default="original,lowrank,fedpara",
         metavar="A,B,...",
         help="comma-separated: "
-        f"{', '.join(PARAM_VARIANTS)} (model.param); "
+        f"{', '.join(PARAM_VARIANTS)} (model.param), each also as PARAM+ENCODING "
+        f"with ENCODING one of {', '.join(ENCODINGS)} (comm.*, e.g. fedpara+int8); "
         f"{', '.join(STRATEGIES)} (server.strategy); "
         f"default {','.join(DEFAULT_VARIANTS)}",
     )
