@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from fedsim.checkpoint import ServerState, load_checkpoint, save_checkpoint
 from fedsim.compress import UPLINK_RESIDUAL, Wire, build_codec
 from fedsim.compress.codecs import HEADER_FIXED, Raw
 from fedsim.config import CodecConfig, CommConfig, ConfigError, load_config
-from fedsim.messages import MODEL
+from fedsim.driver import sample_cohort
+from fedsim.messages import MODEL, ClientTask
 from fedsim.params import StateLayout, initial_state
 from fedsim.registry import STRATEGIES
 from fedsim.strategy import state_layout
@@ -177,3 +179,25 @@ def test_a_checkpoint_from_before_comm_resumes_only_at_the_defaults(
     int8 = load_config(None, [f"log.root={tmp_path}", "comm.uplink.codec=int8"])
     with pytest.raises(ConfigError, match=r"comm\.uplink\.codec \(None -> 'int8'\)"):
         load_checkpoint(tmp_path, int8.to_dict())
+
+
+def test_bad_replies_are_rejected_not_encoded(tmp_path: Path) -> None:
+    """A NaN upload, a wrong shape: the reply check rejects them, nothing crashes."""
+
+    def bad(task: ClientTask, result):  # type: ignore[no-untyped-def]
+        model = dict(result.upload[MODEL])
+        if task.client_id == cohort[0]:
+            model["w"] = torch.full((2,), float("nan"))
+        elif task.client_id == cohort[1]:
+            model["b"] = torch.zeros(4)
+        else:
+            return result
+        return dataclasses.replace(result, upload={MODEL: model})
+
+    cohort = sample_cohort(0, 0, 6, 3)  # the boring driver's first round
+    backend = BoringBackend(bad)
+    driver, state = boring_driver(tmp_path, backend, *INT8_EF)
+    state, metrics = driver.run_round(state)
+    assert metrics.num_clients == 1 and metrics.num_failed == 2
+    assert UPLINK_RESIDUAL not in driver.store.get(cohort[0])
+    assert torch.isfinite(state.global_tensors["w"]).all()
