@@ -21,11 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
+from fedsim.client import build_classifier
 from fedsim.compress.wire import build_codec, send
 from fedsim.config import CodecConfig, load_config
+from fedsim.model import worker_spec
 from fedsim.params import initial_state
 from fedsim.strategy import state_layout
-from tests.fixtures import run_model
 
 CODECS = (
     CodecConfig(codec="fp16"),
@@ -46,7 +47,7 @@ def main() -> None:
         None,
         ["data.name=cifar10", "model.arch=vgg16", "model.gamma=0.1"],
     )
-    model = run_model(cfg)
+    model = build_classifier(worker_spec(cfg).model, cfg.seed).model
     glob = initial_state(model, state_layout(cfg, model))
     delta = {n: torch.randn_like(t) * 1e-3 for n, t in glob.items()}
     raw = sum(t.nbytes for t in delta.values())
