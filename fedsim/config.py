@@ -38,6 +38,7 @@ from fedsim.registry import (
     STRATEGIES,
     Settings,
     StrategySpec,
+    Weighting,
     settings_problems,
     strategy_spec,
 )
@@ -104,6 +105,11 @@ class ServerConfig:
     ``evaluate``: global (the server's model on the global test split),
     personal (each client's own model on its own test split), both, or auto
     (personal too when the run keeps a local model part).
+    ``weighting``: each client's weight in the server's means (the model
+    average, SCAFFOLD's control average, FedDyn's per-client terms): its
+    training examples or 1; null takes the strategy's default (its paper's,
+    :attr:`fedsim.registry.StrategySpec.weighting`), which the run's
+    config.yaml then records.
     ``personal_eval_clients``: null evaluates every client, a number a seeded
     sample of that many per evaluated round. ``min_clients``: a round with fewer
     successful clients is not aggregated but run again with the same cohort, at
@@ -112,6 +118,7 @@ class ServerConfig:
 
     strategy: str = DEFAULT_STRATEGY
     settings: Settings = field(default_factory=Settings)
+    weighting: Weighting | None = None
     clients_per_round: int = 10
     eval_every: int = 1
     eval_batch_size: int = 128  # activations of one batch: 1024 costs 100 MiB per actor
@@ -125,6 +132,8 @@ class ServerConfig:
         if spec is not None and type(self.settings) is Settings:
             # No settings given: the strategy's defaults.
             object.__setattr__(self, "settings", spec.settings())
+        if spec is not None and self.weighting is None:
+            object.__setattr__(self, "weighting", spec.weighting)
 
     @property
     def spec(self) -> StrategySpec:
@@ -553,7 +562,7 @@ MOVED = {
     "server.fedper_layers": "server.settings.layers (with server.strategy: fedper)",
     **{
         f"server.{key}": f"server.settings.{key} (with server.strategy: fedadam, "
-        "fedyogi or fedadagrad; fedavgm has lr and momentum)"
+        "fedyogi or fedadagrad; fedavgm has lr and momentum, scaffold lr)"
         for key in ("lr", "beta1", "beta2", "tau")
     },
 }

@@ -231,7 +231,9 @@ class Driver:
                     round=server_round,
                     seed=client_seed(self.cohort.seed, server_round, cid),
                     hparams=own.hparams if own and own.hparams else plan.hparams,
-                    algorithm=plan.algorithm,
+                    algorithm=own.algorithm
+                    if own and own.algorithm
+                    else plan.algorithm,
                     payload=dict(own.payload) if own else {},
                 )
             )

@@ -63,7 +63,9 @@ class Experiment:
             # straight to the object store, so this process maps it, no copy.
             data, partition = self.pool.load(cfg.data_request())
             self.run_dir = run_dir or new_run_dir(cfg)
-            self.strategy = build_strategy(strategy_settings(cfg))
+            self.strategy = build_strategy(
+                strategy_settings(cfg, partition.train.sizes().tolist())
+            )
             self.layout = StateLayout.of(
                 self.model, self.strategy.local_names(self.model)
             )

@@ -13,10 +13,16 @@ with ``N`` all clients and ``S`` the round's accepted clients::
     h     <- h - alpha / N * sum_{i in S} (theta_i - theta)
     theta <- (1/|S|) sum_{i in S} theta_i - h / alpha
 
-Both means are *uniform* over the accepted clients, as in the paper (not
-example-weighted as FedAvg). ``alpha`` is ``server.settings.alpha``. Only the
-model channel travels (FedAvg's bytes); every floating tensor of it, buffers
-included, gets the server correction.
+Both means are *uniform* over the accepted clients, as in the paper.
+``alpha`` is ``server.settings.alpha``. ``server.weighting`` names the
+objective: ``uniform`` (the paper's, ``(1/m) sum L_i``) runs the above;
+``examples`` gives client ``i`` the regularizer ``alpha / w_i`` with ``w_i =
+n_i / mean n`` over all clients (the authors' code, ``utils_methods.py``), so
+``h`` is the mean of ``w_i g_i`` and the fixed point is the example-weighted
+optimum; the server update is unchanged. ``server.settings.max_grad_norm``
+clips every local gradient (the authors' stabilizer). Only the model channel
+travels (FedAvg's bytes); every floating tensor of it, buffers included, gets
+the server correction.
 
 Since ``h`` and the ``g_i`` start at zero and move by the same amounts, ``h`` is
 always the mean of all ``N`` clients' ``g_i``. At a fixed point where every
@@ -41,6 +47,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
@@ -52,10 +59,16 @@ from fedsim.algorithm import AlgoState, ClientAlgorithm, ClientOutcome
 from fedsim.messages import MODEL, ClientUpdate
 from fedsim.params import Tensors
 from fedsim.strategy.aggregate import WeightedMean
-from fedsim.strategy.base import Aggregate, Strategy, StrategyState
+from fedsim.strategy.base import (
+    Aggregate,
+    ClientPlan,
+    Strategy,
+    StrategyState,
+    TrainPlan,
+)
 
 if TYPE_CHECKING:
-    from fedsim.algorithm import Channels, Params
+    from fedsim.algorithm import Channels, Grads, Params
 
 KEPT = "feddyn"
 """The kept-state namespace of a client's gradient term ``g_i``."""
@@ -74,10 +87,14 @@ class FedDynClient(ClientAlgorithm):
     Parameters
     ----------
     alpha
-        The regularizer (``server.settings.alpha``), > 0.
+        The regularizer (``server.settings.alpha`` over the client's weight),
+        > 0.
+    max_grad_norm
+        Clip each step's gradient to this norm; None: no clipping.
     """
 
     alpha: float
+    max_grad_norm: float | None = None
     step_state: ClassVar[tuple[str, ...]] = (ANCHOR, G_I)
 
     def __post_init__(self) -> None:
@@ -110,6 +127,17 @@ class FedDynClient(ClientAlgorithm):
             quadratic = quadratic + (theta - theta_g).square().sum()
         return loss - linear + (self.alpha / 2) * quadratic
 
+    def gradients(self, state: AlgoState, grads: Grads) -> Grads:
+        """``grads`` scaled to norm at most ``max_grad_norm`` (as PyTorch clips).
+
+        The scale stays on the device (no host sync per step).
+        """
+        if self.max_grad_norm is None or not grads:
+            return grads
+        norm = torch.stack([g.detach().square().sum() for g in grads.values()])
+        scale = (self.max_grad_norm / (norm.sum().sqrt() + 1e-6)).clamp(max=1.0)
+        return {name: g * scale.to(g.dtype) for name, g in grads.items()}
+
     def end(
         self, state: AlgoState, params: Params, steps: int, lr: float
     ) -> ClientOutcome:
@@ -138,7 +166,32 @@ class FedDyn(Strategy):
 
     def client_algorithm(self, server_round: int) -> ClientAlgorithm:
         """:class:`FedDynClient` with ``alpha = server.settings.alpha``."""
-        return FedDynClient(alpha=self.settings.options.alpha)
+        o = self.settings.options
+        return FedDynClient(alpha=o.alpha, max_grad_norm=o.max_grad_norm)
+
+    def configure_train(
+        self,
+        server_round: int,
+        global_tensors: Tensors,
+        state: StrategyState,
+        cohort: Sequence[int],
+    ) -> TrainPlan:
+        """FedAvg's plan; with examples weighting, client ``i`` gets ``alpha/w_i``."""
+        plan = super().configure_train(server_round, global_tensors, state, cohort)
+        s = self.settings
+        if s.weighting == "uniform":
+            return plan
+        o = s.options
+        clients = {
+            cid: ClientPlan(
+                algorithm=FedDynClient(
+                    alpha=o.alpha / s.population_weight(cid),
+                    max_grad_norm=o.max_grad_norm,
+                )
+            )
+            for cid in cohort
+        }
+        return dataclasses.replace(plan, clients=clients)
 
     def aggregate_train(
         self,
