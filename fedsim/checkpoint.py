@@ -52,6 +52,7 @@ class ServerState:
     best_personal_accuracy: float | None = None
     last_eval: EvalMetrics | None = None
     wall_seconds: float = 0.0  # of the whole run up to its last checkpoint
+    trained: frozenset[int] = frozenset()  # clients aggregated at least once
 
     def advance(
         self,
@@ -60,14 +61,16 @@ class ServerState:
         strategy_state: StrategyState,
         ledger: Ledger,
         evaluation: EvalMetrics | None,
+        trained: frozenset[int] | None = None,
     ) -> ServerState:
-        """The state after this round."""
+        """The state after this round (``trained``: None keeps the set)."""
         nxt = replace(
             self,
             round=self.round + 1,
             global_tensors=global_tensors,
             strategy_state=strategy_state,
             ledger=ledger,
+            trained=self.trained if trained is None else trained,
         )
         if evaluation is None:
             return nxt
@@ -113,6 +116,7 @@ def save_checkpoint(
         "best_personal_accuracy": state.best_personal_accuracy,
         "last_eval": None if state.last_eval is None else vars(state.last_eval),
         "wall_seconds": state.wall_seconds,
+        "trained": sorted(state.trained),
     }
     tmp = path.with_suffix(".tmp")
     torch.save(blob, tmp)
@@ -170,4 +174,5 @@ def load_checkpoint(run_dir: Path, config: Mapping[str, Any]) -> ServerState:
         if blob["last_eval"] is None
         else EvalMetrics(**blob["last_eval"]),
         wall_seconds=float(blob["wall_seconds"]),
+        trained=frozenset(int(c) for c in blob.get("trained", ())),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -176,9 +176,10 @@ class Driver:
             raise RoundFailed(r, len(cohort), self.min_clients, attempt + 1, outcome)
         for client_id, kept in outcome.kept.items():
             self.store.put(client_id, r, kept)
+        trained = state.trained | {u.client_id for u in outcome.updates}
         # --- evaluate -------------------------------------------------------
         t_eval = time.perf_counter()
-        evaluation = self._evaluate(r, aggregate.global_tensors)
+        evaluation = self._evaluate(r, aggregate.global_tensors, trained)
         eval_seconds = time.perf_counter() - t_eval
         # --- account and log --------------------------------------------------
         ledger = state.ledger.record(traffic)
@@ -215,6 +216,7 @@ class Driver:
             strategy_state=aggregate.state,
             ledger=ledger,
             evaluation=evaluation,
+            trained=frozenset(trained),
         )
         return next_state, metrics
 
@@ -272,8 +274,9 @@ class Driver:
         )
 
     def _evaluate(
-        self, server_round: int, global_tensors: Tensors
+        self, server_round: int, global_tensors: Tensors, trained: Set[int]
     ) -> EvalMetrics | None:
+        """The round's evaluations; never-trained clients unscored if planned so."""
         plan = self.strategy.configure_evaluate(server_round)
         if not plan.any:
             return None
@@ -282,8 +285,14 @@ class Driver:
             if plan.global_model
             else None
         )
-        personal = self._evaluate_clients(plan.personal_clients, global_tensors)
-        return self.strategy.aggregate_evaluate(server_round, global_result, personal)
+        clients = plan.personal_clients
+        if plan.trained_only:
+            clients = tuple(c for c in clients if c in trained)
+        personal = self._evaluate_clients(clients, global_tensors)
+        untrained = len(plan.personal_clients) - len(clients)
+        return self.strategy.aggregate_evaluate(
+            server_round, global_result, personal, untrained
+        )
 
     def _evaluate_clients(
         self, clients: Sequence[int], global_tensors: Tensors

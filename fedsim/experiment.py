@@ -214,6 +214,10 @@ def _summary(
         num_params=sum(p.numel() for p in model.parameters()),
         num_params_travelling=layout.num_global(model),
         wall_seconds=seconds,
+        scored_on=cfg.scored_on,
+        global_view=cfg.global_view,
+        weighting=str(cfg.server.weighting),
+        personal_test_fraction=cfg.personal_test_fraction,
     )
 
 

@@ -255,9 +255,13 @@ class Strategy(ABC):
         server_round: int,
         global_result: EvalResult | None,
         personal: Sequence[ClientEval],
+        untrained: int = 0,
     ) -> EvalMetrics:
-        """Combine the round's evaluations into its metrics."""
-        return EvalMetrics.of(global_result, personal)
+        """Combine the round's evaluations into its metrics.
+
+        ``untrained``: clients of the plan left unscored (never trained).
+        """
+        return EvalMetrics.of(global_result, personal, untrained)
 
 
 def strategy_settings(
@@ -277,6 +281,7 @@ def strategy_settings(
         personal_clients=cfg.server.personal_eval_clients,
         num_clients=cfg.data.num_clients,
         seed=cfg.seed,
+        trained_only=cfg.server.personal_eval_trained_only,
     )
     return StrategySettings(
         client=cfg.client,

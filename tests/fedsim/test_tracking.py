@@ -20,8 +20,9 @@ def test_the_readme_names_exactly_the_fields_of_a_row() -> None:
 
 def test_tensorboard_tags_and_timings_are_read_off_the_fields() -> None:
     assert set(SCALARS) == {
-        "accuracy", "loss", "personal_accuracy", "personal_loss", "personal_p10",
-        "personal_p90", "train_loss", "bytes_up", "bytes_down", "cumulative_bytes",
+        "accuracy", "loss", "personal_accuracy", "personal_accuracy_per_client",
+        "personal_loss", "personal_p10", "personal_p90", "train_loss", "bytes_up",
+        "bytes_down", "cumulative_bytes",
         "num_clients", "num_failed", "lr", "round_seconds", "eval_seconds",
         "setup_seconds",
     }  # fmt: skip
