@@ -309,7 +309,6 @@ STRATEGIES: Mapping[str, StrategySpec] = _table(
         FedPerSettings,
         keeps_local=True,
         global_model=False,
-        variant=("model.param=original",),
     ),
     StrategySpec(
         "local_only",
