@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -73,16 +73,19 @@ if TYPE_CHECKING:
 KEPT = "feddyn"
 """The kept-state namespace of a client's gradient term ``g_i``."""
 
-ANCHOR, G_I = "anchor", "g_i"
-"""State namespaces on the parameters' device: ``theta_g`` and ``g_i``."""
+ANCHOR, G_I, ALPHA = "anchor", "g_i", "alpha"
+"""State namespaces on the parameters' device: ``theta_g``, ``g_i`` and the
+client's ``alpha`` (a tensor, so a captured step serves every client's value)."""
 
 
 @dataclass(frozen=True)
 class FedDynClient(ClientAlgorithm):
     """FedDyn's client half: linear and quadratic terms, then the ``g_i`` update.
 
-    Its state: ``"anchor"`` (``theta_g``) and ``"g_i"`` on the parameters'
-    device for the steps, ``"kept"`` (``g_i`` as kept, CPU) for ``end``.
+    Its state: ``"anchor"`` (``theta_g``), ``"g_i"`` and ``"alpha"`` on the
+    parameters' device for the steps, ``"kept"`` (``g_i`` as kept, CPU) for
+    ``end``. ``alpha`` is left out of equality: clients that differ only in
+    it (examples weighting) share one captured training step.
 
     Parameters
     ----------
@@ -93,9 +96,9 @@ class FedDynClient(ClientAlgorithm):
         Clip each step's gradient to this norm; None: no clipping.
     """
 
-    alpha: float
+    alpha: float = field(compare=False)
     max_grad_norm: float | None = None
-    step_state: ClassVar[tuple[str, ...]] = (ANCHOR, G_I)
+    step_state: ClassVar[tuple[str, ...]] = (ANCHOR, G_I, ALPHA)
 
     def __post_init__(self) -> None:
         if self.alpha <= 0:
@@ -111,10 +114,12 @@ class FedDynClient(ClientAlgorithm):
             if mine is not None
             else {n: torch.zeros_like(p, device="cpu") for n, p in params.items()}
         )
+        device = next((p.device for p in params.values()), torch.device("cpu"))
         return {
             "kept": g_i,
             ANCHOR: {name: p.detach().clone() for name, p in params.items()},
             G_I: {name: g_i[name].to(p.device, p.dtype) for name, p in params.items()},
+            ALPHA: {"alpha": torch.tensor(self.alpha, device=device)},
         }
 
     def loss(self, state: AlgoState, params: Params, loss: Tensor) -> Tensor:
@@ -125,7 +130,7 @@ class FedDynClient(ClientAlgorithm):
             theta = params[name]
             linear = linear + (state[G_I][name] * theta).sum()
             quadratic = quadratic + (theta - theta_g).square().sum()
-        return loss - linear + (self.alpha / 2) * quadratic
+        return loss - linear + (state[ALPHA]["alpha"] / 2) * quadratic
 
     def gradients(self, state: AlgoState, grads: Grads) -> Grads:
         """``grads`` scaled to norm at most ``max_grad_norm`` (as PyTorch clips).
