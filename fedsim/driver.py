@@ -179,7 +179,7 @@ class Driver:
         trained = state.trained | {u.client_id for u in outcome.updates}
         # --- evaluate -------------------------------------------------------
         t_eval = time.perf_counter()
-        evaluation = self._evaluate(r, aggregate.global_tensors, trained)
+        evaluation = self._evaluate(r, aggregate, trained)
         eval_seconds = time.perf_counter() - t_eval
         # --- account and log --------------------------------------------------
         ledger = state.ledger.record(traffic)
@@ -274,24 +274,27 @@ class Driver:
         )
 
     def _evaluate(
-        self, server_round: int, global_tensors: Tensors, trained: Set[int]
+        self, server_round: int, aggregate: Aggregate, trained: Set[int]
     ) -> EvalMetrics | None:
         """The round's evaluations; never-trained clients unscored if planned so."""
         plan = self.strategy.configure_evaluate(server_round)
         if not plan.any:
             return None
-        global_result = (
-            self.backend.evaluate(global_tensors, self.eval_batch_size)
-            if plan.global_model
-            else None
-        )
+        global_tensors = aggregate.global_tensors
+        global_result, extra = None, {}
+        if plan.global_model:
+            global_result = self.backend.evaluate(global_tensors, self.eval_batch_size)
+            extra = {
+                name: self.backend.evaluate(tensors, self.eval_batch_size)
+                for name, tensors in self.strategy.extra_models(aggregate.state).items()
+            }
         clients = plan.personal_clients
         if plan.trained_only:
             clients = tuple(c for c in clients if c in trained)
         personal = self._evaluate_clients(clients, global_tensors)
         untrained = len(plan.personal_clients) - len(clients)
         return self.strategy.aggregate_evaluate(
-            server_round, global_result, personal, untrained
+            server_round, global_result, personal, untrained, extra
         )
 
     def _evaluate_clients(

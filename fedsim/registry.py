@@ -80,10 +80,15 @@ class FedDynSettings(Settings):
     loss, over the travelling parameters) to this norm, as the authors' code
     (10) and FL-bench do; null: no clipping, the paper's algorithm. Their other
     stabilizer, weight decay (1e-3), is ``client.weight_decay``.
+    ``all_client_mean``: also evaluate the mean of every client's last model
+    (all ``N``, the initial model for those never sampled), the curve the
+    authors plot (``all_model``), beside the corrected server model; the
+    server then holds one model per client.
     """
 
     alpha: float = 0.1
     max_grad_norm: float | None = None
+    all_client_mean: bool = False
 
     def checks(self) -> list[Check]:
         """The limits of the fields."""

@@ -82,6 +82,9 @@ class RoundMetrics:
     # Clients scored, and evaluated clients left out as never trained.
     personal_clients: int = 0
     personal_untrained: int = 0
+    # The strategy's other models on the global test split (FedDyn's
+    # all-client mean; TensorBoard: "extra_accuracy/<name>").
+    extra_accuracy: dict[str, float] = field(default_factory=dict, metadata=LOGGED)
     train_loss: float | None = field(default=None, metadata=LOGGED)
     bytes_up: int = field(metadata=LOGGED)
     bytes_down: int = field(metadata=LOGGED)

@@ -246,6 +246,14 @@ class Strategy(ABC):
         """
 
     # ------------------------------------------------------------ evaluation
+    def extra_models(self, state: StrategyState) -> Mapping[str, Tensors]:
+        """Models to evaluate beside the global one, by name (none by default).
+
+        Evaluated on the global test split whenever the global model is; their
+        accuracy goes to ``extra_accuracy`` (FedDyn's all-client mean).
+        """
+        return {}
+
     def configure_evaluate(self, server_round: int) -> EvalPlan:
         """Which evaluations run after ``server_round``."""
         return self.settings.schedule.plan(server_round)
@@ -256,12 +264,14 @@ class Strategy(ABC):
         global_result: EvalResult | None,
         personal: Sequence[ClientEval],
         untrained: int = 0,
+        extra: Mapping[str, EvalResult] | None = None,
     ) -> EvalMetrics:
         """Combine the round's evaluations into its metrics.
 
-        ``untrained``: clients of the plan left unscored (never trained).
+        ``untrained``: clients of the plan left unscored (never trained);
+        ``extra``: the results of :meth:`extra_models`.
         """
-        return EvalMetrics.of(global_result, personal, untrained)
+        return EvalMetrics.of(global_result, personal, untrained, extra)
 
 
 def strategy_settings(

@@ -36,8 +36,8 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -108,16 +108,21 @@ class EvalMetrics:
     personal_p90: float | None = None
     personal_clients: int = 0
     personal_untrained: int = 0
+    # Accuracy of models the strategy names besides the global one, on the
+    # global test split (FedDyn's all-client mean).
+    extra_accuracy: dict[str, float] = field(default_factory=dict)
 
     @staticmethod
     def of(
         global_result: EvalResult | None,
         personal: Sequence[ClientEval],
         untrained: int = 0,
+        extra: Mapping[str, EvalResult] | None = None,
     ) -> EvalMetrics:
         """Combine the global result and the clients' own results.
 
-        ``untrained``: evaluated clients left out because they never trained.
+        ``untrained``: evaluated clients left out because they never trained;
+        ``extra``: results of the strategy's other models, by name.
 
         >>> ev = [ClientEval(client_id=0, result=EvalResult(1.0, 1, 2)),
         ...       ClientEval(client_id=1, result=EvalResult(1.0, 3, 3))]
@@ -132,6 +137,7 @@ class EvalMetrics:
             accuracy=global_result.accuracy if global_result else None,
             loss=global_result.loss if global_result else None,
             personal_untrained=untrained,
+            extra_accuracy={k: r.accuracy for k, r in (extra or {}).items()},
         )
         if not scored:
             return out
@@ -147,4 +153,5 @@ class EvalMetrics:
             personal_p90=float(np.percentile(per_client, 90)),
             personal_clients=len(scored),
             personal_untrained=untrained,
+            extra_accuracy=out.extra_accuracy,
         )

@@ -20,7 +20,10 @@ objective: ``uniform`` (the paper's, ``(1/m) sum L_i``) runs the above;
 n_i / mean n`` over all clients (the authors' code, ``utils_methods.py``), so
 ``h`` is the mean of ``w_i g_i`` and the fixed point is the example-weighted
 optimum; the server update is unchanged. ``server.settings.max_grad_norm``
-clips every local gradient (the authors' stabilizer). Only the model channel
+clips every local gradient (the authors' stabilizer).
+``server.settings.all_client_mean`` keeps every client's last model (state
+``"client/<id>"``, their sum ``"client_sum"``, the initial model ``"init"``)
+and evaluates their mean (``extra_accuracy/all_client_mean``). Only the model channel
 travels (FedAvg's bytes); every floating tensor of it, buffers included, gets
 the server correction.
 
@@ -156,18 +159,64 @@ class FedDynClient(ClientAlgorithm):
         return ClientOutcome(keep={KEPT: new_g_i})
 
 
+ALL_CLIENT_MEAN = "all_client_mean"
+"""The name of the all-client mean model in ``extra_accuracy``."""
+
+
 class FedDyn(Strategy):
     """FedDyn's server half: uniform mean corrected by the drift state ``h``."""
 
     def init(self, global_tensors: Mapping[str, Tensor]) -> StrategyState:
-        """``{"h": zeros}`` for every floating tensor of the model."""
-        return {
+        """``{"h": zeros}`` for every floating tensor of the model.
+
+        With ``all_client_mean``: also ``"init"`` (the initial model) and
+        ``"client_sum"``, ``N`` times it (every client starts there).
+        """
+        floating = {
+            name: t for name, t in global_tensors.items() if t.is_floating_point()
+        }
+        state: StrategyState = {
             "h": {
-                name: torch.zeros_like(t, device="cpu")
-                for name, t in global_tensors.items()
-                if t.is_floating_point()
+                name: torch.zeros_like(t, device="cpu") for name, t in floating.items()
             }
         }
+        if self.settings.options.all_client_mean:
+            clients = self.settings.num_clients
+            state["init"] = {
+                name: t.detach().cpu().clone() for name, t in global_tensors.items()
+            }
+            state["client_sum"] = {
+                name: t.detach().cpu().double() * clients
+                for name, t in floating.items()
+            }
+        return state
+
+    def extra_models(self, state: StrategyState) -> Mapping[str, Tensors]:
+        """With ``all_client_mean``: the mean of every client's last model."""
+        if "client_sum" not in state:
+            return {}
+        n = self.settings.num_clients
+        init, total = state["init"], state["client_sum"]
+        mean = {
+            name: (total[name] / n).to(t.dtype) if name in total else t
+            for name, t in init.items()
+        }
+        return {ALL_CLIENT_MEAN: mean}
+
+    def _track_clients(
+        self, state: StrategyState, updates: Sequence[ClientUpdate]
+    ) -> StrategyState:
+        """``state`` with each update's model as its client's last one."""
+        total = {name: t.clone() for name, t in state["client_sum"].items()}
+        out = dict(state)
+        for update in updates:
+            key = f"client/{update.client_id}"
+            old, new = state.get(key, state["init"]), update.upload[MODEL]
+            for name, t in total.items():
+                t += new[name].detach().cpu().double() - old[name].double()
+            out[key] = {name: new[name].detach().cpu().clone() for name in total}
+        out["client_sum"] = total
+        return out
 
     def client_algorithm(self, server_round: int) -> ClientAlgorithm:
         """:class:`FedDynClient` with ``alpha = server.settings.alpha``."""
@@ -222,4 +271,7 @@ class FedDyn(Strategy):
             h64 = h.to(torch.float64) - alpha * share * drift
             h_new[name] = h64.to(h.dtype)
             new[name] = (new[name].to(torch.float64) - h64 / alpha).to(new[name].dtype)
-        return Aggregate(global_tensors=new, state={**state, "h": h_new})
+        next_state = {**state, "h": h_new}
+        if "client_sum" in state:
+            next_state = self._track_clients(next_state, updates)
+        return Aggregate(global_tensors=new, state=next_state)

@@ -245,3 +245,18 @@ def test_personal_accuracy_scores_only_clients_that_trained_and_counts_the_rest(
     config = {"name": "any"}
     save_checkpoint(tmp_path / "run", state, config)
     assert load_checkpoint(tmp_path / "run", config).trained == state.trained
+
+
+def test_a_strategys_extra_model_is_evaluated_and_logged(tmp_path: Path) -> None:
+    backend = BoringBackend()
+    driver, state = boring_driver(
+        tmp_path,
+        backend,
+        "server.strategy=feddyn",
+        "server.settings.all_client_mean=true",
+    )
+    _, metrics = driver.run_round(state)
+    # the boring backend scores every model 1 of 2 right
+    assert metrics.extra_accuracy == {"all_client_mean": 0.5}
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["extra_accuracy"] == {"all_client_mean": 0.5}

@@ -169,3 +169,35 @@ def test_examples_weighting_gives_each_client_alpha_over_its_weight() -> None:
     assert alphas == pytest.approx({0: 0.6, 1: 0.2})
     uniform = build_strategy(settings("server.strategy=feddyn"))
     assert uniform.configure_train(0, glob, uniform.init(glob), [0, 1]).clients == {}
+
+
+def test_all_client_mean_is_every_clients_last_model_averaged() -> None:
+    # Prepare: N = 3 clients from w = 0; alpha large, so h hardly matters here.
+    strategy = build_strategy(
+        settings(
+            "server.strategy=feddyn",
+            "server.settings.all_client_mean=true",
+            "data.num_clients=3",
+            "server.clients_per_round=2",
+        )
+    )
+    glob = {"w": torch.tensor([0.0], dtype=F64), "n": torch.tensor(4)}
+    state = strategy.init(glob)
+    assert strategy.extra_models(state)["all_client_mean"]["w"].item() == 0.0
+
+    # Execute: round 0, clients 0 and 1 return 1 and 3; round 1, clients 1 and 2
+    # return 6 and 3.
+    def ups(*pairs: tuple[int, float]) -> list:
+        return [update(c, 1, {"w": torch.tensor([w], dtype=F64), "n": glob["n"]})
+                for c, w in pairs]  # fmt: skip
+
+    glob, state = aggregate(strategy, 0, glob, state, ups((0, 1.0), (1, 3.0)))
+    first = strategy.extra_models(state)["all_client_mean"]
+    glob, state = aggregate(strategy, 1, glob, state, ups((1, 6.0), (2, 3.0)))
+    second = strategy.extra_models(state)["all_client_mean"]
+    # Assert: (1 + 3 + 0) / 3, then client 1's 3 replaced by 6: (1 + 6 + 3) / 3
+    assert first["w"].item() == pytest.approx(4 / 3, abs=1e-12)
+    assert second["w"].item() == pytest.approx(10 / 3, abs=1e-12)
+    assert int(second["n"]) == 4  # a counter keeps its initial value
+    off = build_strategy(settings("server.strategy=feddyn"))
+    assert off.extra_models(off.init(glob)) == {} and set(off.init(glob)) == {"h"}
