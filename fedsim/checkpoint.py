@@ -54,6 +54,7 @@ class ServerState:
     wall_seconds: float = 0.0  # of the whole run up to its last checkpoint
     # What the downlink codec dropped, added back next round (error feedback).
     downlink_residual: Tensors = field(default_factory=dict)
+    trained: frozenset[int] = frozenset()  # clients aggregated at least once
 
     def advance(
         self,
@@ -63,8 +64,9 @@ class ServerState:
         ledger: Ledger,
         evaluation: EvalMetrics | None,
         downlink_residual: Tensors | None = None,
+        trained: frozenset[int] | None = None,
     ) -> ServerState:
-        """The state after this round."""
+        """The state after this round (``trained``: None keeps the set)."""
         nxt = replace(
             self,
             round=self.round + 1,
@@ -72,6 +74,7 @@ class ServerState:
             strategy_state=strategy_state,
             ledger=ledger,
             downlink_residual=downlink_residual or {},
+            trained=self.trained if trained is None else trained,
         )
         if evaluation is None:
             return nxt
@@ -118,6 +121,7 @@ def save_checkpoint(
         "last_eval": None if state.last_eval is None else vars(state.last_eval),
         "wall_seconds": state.wall_seconds,
         "downlink_residual": dict(state.downlink_residual),
+        "trained": sorted(state.trained),
     }
     tmp = path.with_suffix(".tmp")
     torch.save(blob, tmp)
@@ -183,4 +187,5 @@ def load_checkpoint(run_dir: Path, config: Mapping[str, Any]) -> ServerState:
         else EvalMetrics(**blob["last_eval"]),
         wall_seconds=float(blob["wall_seconds"]),
         downlink_residual=dict(blob.get("downlink_residual", {})),
+        trained=frozenset(int(c) for c in blob.get("trained", ())),
     )

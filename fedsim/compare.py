@@ -6,7 +6,9 @@ A variant is a small set of overrides on top of the config (and its own
 (``fedpara+int8``, ``original+topk``, see :data:`ENCODINGS`) sets its
 ``comm.uplink`` / ``comm.downlink`` codecs too; each strategy of
 :data:`fedsim.registry.STRATEGIES` sets ``server.strategy`` (plus what its
-entry adds: FedPer's dense layers). Every variant keeps the config's seed and
+entry adds), on the config's parameterization: FedPer, local-only and FedAvg
+compare on the same layers, ``model.param=...`` changes it for all (the
+``pfedpara`` variant keeps its own). Every variant keeps the config's seed and
 data settings, so all of them train on the same partition and sample the same
 cohorts; each gets its own run name, ``<name>_<variant>``, and so its own run
 directory under ``log.root``. A ``server.settings.KEY=V`` override applies to

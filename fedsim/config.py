@@ -38,6 +38,7 @@ from fedsim.registry import (
     STRATEGIES,
     Settings,
     StrategySpec,
+    Weighting,
     settings_problems,
     strategy_spec,
 )
@@ -49,6 +50,13 @@ Precision = Literal["32-true", "16-mixed", "bf16-mixed"]
 CompileMode = Literal["off", "default", "reduce-overhead", "max-autotune"]
 MatmulPrecision = Literal["highest", "high", "medium"]
 CodecName = Literal["none", "fp16", "bf16", "int8", "int4", "topk", "sign"]
+
+
+PERSONAL_TEST_FRACTION = 0.2
+"""``data.client_test_fraction`` of runs that keep a local model part, unset."""
+
+GLOBAL_VIEW_W2_0 = "global view (W2=0)"
+"""The label of a pFedPara run's global accuracy: W1 alone (W2 = 0)."""
 
 
 class ConfigError(ValueError):
@@ -105,19 +113,28 @@ class ServerConfig:
     ``evaluate``: global (the server's model on the global test split),
     personal (each client's own model on its own test split), both, or auto
     (personal too when the run keeps a local model part).
+    ``weighting``: each client's weight in the server's means (the model
+    average, SCAFFOLD's control average, FedDyn's per-client terms): its
+    training examples or 1; null takes the strategy's default (its paper's,
+    :attr:`fedsim.registry.StrategySpec.weighting`), which the run's
+    config.yaml then records.
     ``personal_eval_clients``: null evaluates every client, a number a seeded
-    sample of that many per evaluated round. ``min_clients``: a round with fewer
-    successful clients is not aggregated but run again with the same cohort, at
-    most ``max_round_retries`` times; then the run stops (resumable).
+    sample of that many per evaluated round; ``personal_eval_trained_only``:
+    score only those that have trained at least once (the rest are counted).
+    ``min_clients``: a round with fewer successful clients is not aggregated
+    but run again with the same cohort, at most ``max_round_retries`` times;
+    then the run stops (resumable).
     """
 
     strategy: str = DEFAULT_STRATEGY
     settings: Settings = field(default_factory=Settings)
+    weighting: Weighting | None = None
     clients_per_round: int = 10
     eval_every: int = 1
     eval_batch_size: int = 128  # activations of one batch: 1024 costs 100 MiB per actor
     evaluate: Evaluate = "auto"
     personal_eval_clients: int | None = None
+    personal_eval_trained_only: bool = True
     min_clients: int = 1
     max_round_retries: int = 1
 
@@ -126,6 +143,8 @@ class ServerConfig:
         if spec is not None and type(self.settings) is Settings:
             # No settings given: the strategy's defaults.
             object.__setattr__(self, "settings", spec.settings())
+        if spec is not None and self.weighting is None:
+            object.__setattr__(self, "weighting", spec.weighting)
 
     @property
     def spec(self) -> StrategySpec:
@@ -230,12 +249,30 @@ class Config:
         return self.model.param == "pfedpara" or self.server.spec.keeps_local
 
     @property
+    def global_view(self) -> str:
+        """What the global ``accuracy`` measures.
+
+        The server's model, or for pFedPara ``"global view (W2=0)"``: W1
+        alone, a model no client keeps.
+        """
+        return GLOBAL_VIEW_W2_0 if self.model.param == "pfedpara" else "global"
+
+    @property
+    def scored_on(self) -> str:
+        """The accuracy a comparison scores this run on.
+
+        ``personal`` for a run whose clients keep a model part (the paper
+        scores pFedPara on each client's own model), else ``global``.
+        """
+        return "personal" if self.keeps_local_model else "global"
+
+    @property
     def personal_test_fraction(self) -> float:
         """``data.client_test_fraction``, or its default for this kind of run."""
         f = self.data.client_test_fraction
         if f is not None:
             return f
-        return 0.2 if self.keeps_local_model else 0.0
+        return PERSONAL_TEST_FRACTION if self.keeps_local_model else 0.0
 
     @property
     def evaluates(self) -> tuple[bool, bool]:
@@ -606,7 +643,7 @@ MOVED = {
     "server.fedper_layers": "server.settings.layers (with server.strategy: fedper)",
     **{
         f"server.{key}": f"server.settings.{key} (with server.strategy: fedadam, "
-        "fedyogi or fedadagrad; fedavgm has lr and momentum)"
+        "fedyogi or fedadagrad; fedavgm has lr and momentum, scaffold lr)"
         for key in ("lr", "beta1", "beta2", "tau")
     },
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -186,9 +186,10 @@ class Driver:
             raise RoundFailed(r, len(cohort), self.min_clients, attempt + 1, outcome)
         for client_id, kept in outcome.kept.items():
             self.store.put(client_id, r, kept)
+        trained = state.trained | {u.client_id for u in outcome.updates}
         # --- evaluate -------------------------------------------------------
         t_eval = time.perf_counter()
-        evaluation = self._evaluate(r, aggregate.global_tensors)
+        evaluation = self._evaluate(r, aggregate, trained)
         eval_seconds = time.perf_counter() - t_eval
         # --- account and log --------------------------------------------------
         ledger = state.ledger.record(traffic)
@@ -226,6 +227,7 @@ class Driver:
             ledger=ledger,
             evaluation=evaluation,
             downlink_residual=down_residual,
+            trained=frozenset(trained),
         )
         return next_state, metrics
 
@@ -242,7 +244,9 @@ class Driver:
                     round=server_round,
                     seed=client_seed(self.cohort.seed, server_round, cid),
                     hparams=own.hparams if own and own.hparams else plan.hparams,
-                    algorithm=plan.algorithm,
+                    algorithm=own.algorithm
+                    if own and own.algorithm
+                    else plan.algorithm,
                     payload=dict(own.payload) if own else {},
                 )
             )
@@ -293,18 +297,28 @@ class Driver:
         )
 
     def _evaluate(
-        self, server_round: int, global_tensors: Tensors
+        self, server_round: int, aggregate: Aggregate, trained: Set[int]
     ) -> EvalMetrics | None:
+        """The round's evaluations; never-trained clients unscored if planned so."""
         plan = self.strategy.configure_evaluate(server_round)
         if not plan.any:
             return None
-        global_result = (
-            self.backend.evaluate(global_tensors, self.eval_batch_size)
-            if plan.global_model
-            else None
+        global_tensors = aggregate.global_tensors
+        global_result, extra = None, {}
+        if plan.global_model:
+            global_result = self.backend.evaluate(global_tensors, self.eval_batch_size)
+            extra = {
+                name: self.backend.evaluate(tensors, self.eval_batch_size)
+                for name, tensors in self.strategy.extra_models(aggregate.state).items()
+            }
+        clients = plan.personal_clients
+        if plan.trained_only:
+            clients = tuple(c for c in clients if c in trained)
+        personal = self._evaluate_clients(clients, global_tensors)
+        untrained = len(plan.personal_clients) - len(clients)
+        return self.strategy.aggregate_evaluate(
+            server_round, global_result, personal, untrained, extra
         )
-        personal = self._evaluate_clients(plan.personal_clients, global_tensors)
-        return self.strategy.aggregate_evaluate(server_round, global_result, personal)
 
     def _evaluate_clients(
         self, clients: Sequence[int], global_tensors: Tensors

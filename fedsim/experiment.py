@@ -64,7 +64,9 @@ class Experiment:
             # straight to the object store, so this process maps it, no copy.
             data, partition = self.pool.load(cfg.data_request())
             self.run_dir = run_dir or new_run_dir(cfg)
-            self.strategy = build_strategy(strategy_settings(cfg))
+            self.strategy = build_strategy(
+                strategy_settings(cfg, partition.train.sizes().tolist())
+            )
             self.layout = StateLayout.of(
                 self.model, self.strategy.local_names(self.model)
             )
@@ -214,6 +216,10 @@ def _summary(
         num_params=sum(p.numel() for p in model.parameters()),
         num_params_travelling=layout.num_global(model),
         wall_seconds=seconds,
+        scored_on=cfg.scored_on,
+        global_view=cfg.global_view,
+        weighting=str(cfg.server.weighting),
+        personal_test_fraction=cfg.personal_test_fraction,
     )
 
 

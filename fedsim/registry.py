@@ -26,10 +26,17 @@ import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 DEFAULT = "fedavg"
 """The strategy of a config that names none."""
+
+Weighting = Literal["examples", "uniform"]
+"""``server.weighting``: each client's weight in every server mean.
+
+``examples``: ``n_i`` (the objective ``sum_i n_i F_i / n``); ``uniform``: 1 (the
+objective ``(1/N) sum_i F_i``). A strategy's default is its paper's.
+"""
 
 
 # --------------------------------------------------------------------------- settings
@@ -67,28 +74,79 @@ class FedProxSettings(Settings):
 
 @dataclass(frozen=True)
 class FedDynSettings(Settings):
-    """FedDyn: ``alpha``, its dynamic regularizer."""
+    """FedDyn: ``alpha``, its dynamic regularizer; an optional stabilizer.
+
+    ``max_grad_norm``: clip each local step's gradient (of the whole FedDyn
+    loss, over the travelling parameters) to this norm, as the authors' code
+    (10) and FL-bench do; null: no clipping, the paper's algorithm. Their other
+    stabilizer, weight decay (1e-3), is ``client.weight_decay``.
+    ``all_client_mean``: also evaluate the mean of every client's last model
+    (all ``N``, the initial model for those never sampled), the curve the
+    authors plot (``all_model``), beside the corrected server model; the
+    server then holds one model per client.
+    """
 
     alpha: float = 0.1
+    max_grad_norm: float | None = None
+    all_client_mean: bool = False
 
     def checks(self) -> list[Check]:
         """The limits of the fields."""
-        return [_positive("alpha")]
+        return [
+            _positive("alpha"),
+            ("max_grad_norm", lambda v: v is None or v > 0, "must be > 0 or null"),
+        ]
+
+
+@dataclass(frozen=True)
+class ScaffoldSettings(Settings):
+    """SCAFFOLD: ``lr``, the global step size eta_g (``x <- x + lr * mean dy``).
+
+    1, Karimireddy et al.'s experiments and FL-bench's ``global_lr`` default.
+    """
+
+    lr: float = 1.0
+
+    def checks(self) -> list[Check]:
+        """The limits of the fields."""
+        return [_positive("lr")]
 
 
 @dataclass(frozen=True)
 class ServerOptSettings(Settings):
-    """FedAdam, FedYogi, FedAdagrad (Reddi et al., 2021): the server optimizer."""
+    """FedAdam and FedYogi (Reddi et al., 2021): the server optimizer.
+
+    ``lr`` 0.01: Flower's FedYogi default (Reddi et al. tune the server rate
+    per task; Flower's FedAdam default is 0.1); ``beta1`` 0.9, ``beta2`` 0.99:
+    Reddi et al.'s experiments; ``tau`` 1e-3: Flower's current FedAdam default
+    (Reddi et al. tune it). ``bias_correction`` false: Reddi et
+    al.'s Algorithm 2 has none; true scales ``lr`` by ``sqrt(1 - beta2^t) /
+    (1 - beta1^t)`` (round ``t`` from 1), as Flower's FedAdam does. The second
+    moment starts at ``v0 = tau^2`` (Reddi's ``v_{-1} >= tau^2``; Flower: 0).
+    """
 
     lr: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-3
+    bias_correction: bool = False
 
     def checks(self) -> list[Check]:
         """The limits of the fields."""
         in_01 = (lambda v: 0 <= v < 1, "must be in [0, 1)")
         return [_positive("lr"), ("beta1", *in_01), ("beta2", *in_01), _positive("tau")]
+
+
+@dataclass(frozen=True)
+class FedAdagradSettings(ServerOptSettings):
+    """FedAdagrad: the server optimizer without momentum.
+
+    ``beta1`` 0: plain Adagrad, as Reddi et al. state FedAdagrad and as
+    Flower's FedAdagrad forces; ``lr`` 0.1: Flower's FedAdagrad default.
+    """
+
+    lr: float = 0.1
+    beta1: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -159,6 +217,8 @@ class StrategySpec:
         What travels besides ``"model"`` (down, up).
     variant
         Overrides ``fedsim compare`` adds to run it as a variant.
+    weighting
+        The default ``server.weighting``: the one its paper's objective names.
     """
 
     name: str
@@ -170,6 +230,7 @@ class StrategySpec:
     corrects_gradients: bool = False
     channels: tuple[str, ...] = ()
     variant: tuple[str, ...] = ()
+    weighting: Weighting = "examples"
 
     def build(self, *args: Any) -> Any:
         """Import the strategy class and instantiate it with ``args``."""
@@ -185,7 +246,7 @@ STRATEGIES: Mapping[str, StrategySpec] = _table(
     StrategySpec(
         "fedavg",
         "fedsim.strategy.fedavg:FedAvg",
-        "example-weighted mean of every travelling tensor (McMahan et al., 2017)",
+        "weighted mean of every travelling tensor (McMahan et al., 2017: n_k/n)",
     ),
     StrategySpec(
         "fedavgm",
@@ -198,52 +259,61 @@ STRATEGIES: Mapping[str, StrategySpec] = _table(
         "fedprox",
         "fedsim.strategy.fedprox:FedProx",
         "FedAvg plus mu/2 ‖w − w_global‖² in each local loss, on the travelling "
-        "tensors (Li et al., 2020)",
+        "tensors: FedPara factors, not composed weights (Li et al., 2020: p_k = "
+        "n_k/n)",
         FedProxSettings,
     ),
     StrategySpec(
         "scaffold",
         "fedsim.strategy.scaffold:Scaffold",
-        "control variates, option II; x example-weighted, c uniform, global step 1 "
-        "(Karimireddy et al., 2020)",
+        "control variates, option II; x ← x + lr·mean Δy, c ← c + (1/N)·Σ w_i Δc_i "
+        "with the same weights (Karimireddy et al., 2020: objective (1/N) Σ f_i)",
+        ScaffoldSettings,
         corrects_gradients=True,
         channels=("control",),
+        weighting="uniform",
     ),
     StrategySpec(
         "feddyn",
         "fedsim.strategy.feddyn:FedDyn",
-        "dynamic regularizer alpha, uniform mean corrected by h (Acar et al., 2021)",
+        "dynamic regularizer alpha on the travelling tensors (FedPara factors), "
+        "uniform model mean corrected by h; examples weighting gives client i "
+        "alpha/w_i, w_i = n_i/mean n, as the authors' code (Acar et al., 2021: "
+        "objective (1/m) Σ L_k)",
         FedDynSettings,
+        weighting="uniform",
     ),
     StrategySpec(
         "fednova",
         "fedsim.strategy.fednova:FedNova",
         "normalized averaging: each client's change divided by its local steps, "
-        "scaled by the example-weighted mean steps (Wang et al., 2020)",
+        "scaled by the weighted mean steps (Wang et al., 2020: p_i = n_i/n)",
         channels=("steps",),
     ),
     *(
         StrategySpec(
             name,
             "fedsim.strategy.fedopt:FedOpt",
-            f"{rule} second moment on the example-weighted mean's pseudo-gradient, "
-            "no bias correction, v0 = tau^2 (Reddi et al., 2021)",
-            ServerOptSettings,
+            f"{rule} on the mean's pseudo-gradient; v0 = tau², no bias "
+            "correction (Reddi et al., 2021, Algorithm 2: uniform mean; Flower "
+            "weights by examples, starts v at 0, and bias-corrects FedAdam)",
+            settings,
+            weighting="uniform",
         )
-        for name, rule in (
-            ("fedadam", "Adam"),
-            ("fedyogi", "Yogi"),
-            ("fedadagrad", "Adagrad"),
+        for name, rule, settings in (
+            ("fedadam", "Adam", ServerOptSettings),
+            ("fedyogi", "Yogi", ServerOptSettings),
+            ("fedadagrad", "Adagrad (no momentum)", FedAdagradSettings),
         )
     ),
     StrategySpec(
         "fedper",
         "fedsim.strategy.fedavg:FedPer",
-        "FedAvg with the last layers kept on each client (Arivazhagan et al., 2019)",
+        "FedAvg with the last `layers` layers kept on each client (Arivazhagan "
+        "et al., 2019; Flower's baselines keep 2)",
         FedPerSettings,
         keeps_local=True,
         global_model=False,
-        variant=("model.param=original",),
     ),
     StrategySpec(
         "local_only",
@@ -266,6 +336,13 @@ def strategy_spec(name: str) -> StrategySpec:
         ) from None
 
 
+def _yaml(value: Any) -> str:
+    """``value`` as a config file spells it (``null``, ``false``)."""
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def markdown_table() -> str:
     """The README's strategy table, rendered from this registry.
 
@@ -273,17 +350,20 @@ def markdown_table() -> str:
     True
     """
     rows = [
-        "| strategy | what it does, and its conventions | `server.settings` |",
-        "|---|---|---|",
+        "| strategy | what it does, and its conventions | default `server.weighting` "
+        "| `server.settings` |",
+        "|---|---|---|---|",
     ]
     for spec in STRATEGIES.values():
         defaults = settings_dict(spec.settings())
-        keys = ", ".join(f"`{k}: {v}`" for k, v in defaults.items())
+        keys = ", ".join(f"`{k}: {_yaml(v)}`" for k, v in defaults.items())
         traits = []
         if spec.channels:
             traits.append("also travels: " + ", ".join(f"`{c}`" for c in spec.channels))
         if spec.keeps_local:
             traits.append("clients keep a model part")
         extra = f" ({'; '.join(traits)})" if traits else ""
-        rows.append(f"| `{spec.name}` | {spec.summary}{extra} | {keys} |")
+        rows.append(
+            f"| `{spec.name}` | {spec.summary}{extra} | `{spec.weighting}` | {keys} |"
+        )
     return "\n".join(rows)

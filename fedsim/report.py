@@ -21,7 +21,7 @@ Example
 >>> [p.name for p in write_report([run], out, target=0.8).paths[:3]]
 ['report.md', 'report.csv', 'accuracy_vs_gb.png']
 >>> (out / "report.csv").read_text().splitlines()[1]
-'demo,,original,,,none/none,,2000000000.0,1,0.9,0.9,,,0.8,2.0,1.0,1.5,true'
+'demo,,original,,,examples,none/none,1.0,,2000000000.0,1,global,global,0.9,0.9,,,0.8,2.0,1.0,1.5,true'
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from typing import Any
 import yaml
 
 from fedsim.comm import simulated_link_seconds
-from fedsim.config import ConfigError
+from fedsim.config import GLOBAL_VIEW_W2_0, PERSONAL_TEST_FRACTION, ConfigError
+from fedsim.registry import DEFAULT as DEFAULT_STRATEGY
+from fedsim.registry import STRATEGIES
 from fedsim.report_plot import Curve, plot_curves
 from fedsim.report_table import ReportRow, format_csv, format_markdown
 from fedsim.results import History, RunSummary
@@ -85,6 +87,14 @@ class RunRecord:
     params_travelling: int | None = None
     wall_seconds: float | None = None
     encoding: str = "none/none"
+    weighting: str = ""
+    scored_on: str = "global"
+    personal_test_fraction: float = 0.0
+
+    @property
+    def global_view(self) -> str:
+        """What its global accuracy measures (pFedPara: W1 alone)."""
+        return GLOBAL_VIEW_W2_0 if self.param == "pfedpara" else "global"
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,13 @@ def load_run(run_dir: Path) -> RunRecord:
         raise ReportError(f"{metrics} has no rounds yet")
     cfg = yaml.safe_load(config.read_text()) or {}
     model, server = cfg.get("model") or {}, cfg.get("server") or {}
+    # The run's conventions, as its Config resolves them (config.yaml of an
+    # older fedsim may lack the keys: the registry's defaults then).
+    spec = STRATEGIES.get(str(server.get("strategy") or DEFAULT_STRATEGY))
+    keeps_local = model.get("param") == "pfedpara" or bool(spec and spec.keeps_local)
+    carve = (cfg.get("data") or {}).get("client_test_fraction")
+    if carve is None:
+        carve = PERSONAL_TEST_FRACTION if keeps_local else 0.0
     return RunRecord(
         name=str(cfg.get("name", run_dir.name)),
         history=history,
@@ -134,6 +151,9 @@ def load_run(run_dir: Path) -> RunRecord:
         params_travelling=summary.num_params_travelling if summary else None,
         wall_seconds=summary.wall_seconds if summary else None,
         encoding=_encoding(cfg.get("comm") or {}),
+        weighting=str(server.get("weighting") or (spec.weighting if spec else "")),
+        scored_on="personal" if keeps_local else "global",
+        personal_test_fraction=float(carve),
     )
 
 
@@ -156,15 +176,26 @@ def _encoding(comm: dict[str, Any]) -> str:
 METRICS = ("auto", "global", "personal")
 
 
-def scored_metric(points: Sequence[RoundMetrics], metric: str = "auto") -> str:
+def scored_metric(
+    points: Sequence[RoundMetrics], metric: str = "auto", scored_on: str = "global"
+) -> str:
     """The field a run is scored on: its curve and its GB to the target.
 
     ``"global"``: the server model's accuracy; ``"personal"``: the clients' own
-    models' accuracy; ``"auto"``: global, or personal for a run without a
-    global model (FedPer and local-only evaluate only each client's own model).
+    models' accuracy; ``"auto"``: the run's own (``scored_on``: personal for a
+    run whose clients keep a model part, as the paper scores pFedPara, whose
+    global accuracy is only W1's "global view (W2=0)"), else global, or
+    personal for a run without a global accuracy.
+
+    >>> row = RoundMetrics(round=0, accuracy=0.7, personal_accuracy=0.9,
+    ...                    bytes_up=0, bytes_down=0, cumulative_bytes=0)
+    >>> scored_metric([row]), scored_metric([row], scored_on="personal")
+    ('accuracy', 'personal_accuracy')
     """
     if metric != "auto":
         return "personal_accuracy" if metric == "personal" else "accuracy"
+    if scored_on == "personal" and any(p.personal_accuracy is not None for p in points):
+        return "personal_accuracy"
     if any(p.accuracy is not None for p in points):
         return "accuracy"
     if any(p.personal_accuracy is not None for p in points):
@@ -209,14 +240,19 @@ def summarize(
     pts = run.history.rows
     acc = [a for p in pts if (a := p.accuracy) is not None]
     personal = [a for p in pts if (a := p.personal_accuracy) is not None]
-    reached = first_reaching(pts, target, scored_metric(pts, metric))
+    scored = scored_metric(pts, metric, run.scored_on)
+    reached = first_reaching(pts, target, scored)
     link_s = [link.client_seconds(p) for p in pts] if link else []
     wall = run.wall_seconds
     return ReportRow(
         name=run.name, arch=run.arch, param=run.param, gamma=run.gamma,
-        strategy=run.strategy, params_travelling=run.params_travelling,
+        strategy=run.strategy, weighting=run.weighting,
+        train_fraction=1.0 - run.personal_test_fraction,
+        params_travelling=run.params_travelling,
         bytes_per_round=sum(p.bytes_up + p.bytes_down for p in pts) / len(pts),
         rounds=len(pts),
+        scored_on="personal" if scored == "personal_accuracy" else "global",
+        global_view=run.global_view,
         final_accuracy=acc[-1] if acc else None,
         best_accuracy=max(acc, default=None),
         final_personal_accuracy=personal[-1] if personal else None,
@@ -242,6 +278,8 @@ def build_rows(
 ) -> tuple[ReportRow, ...]:
     """Rows of all runs, with GB to target divided by the first original run's.
 
+    Only runs scored on the same accuracy as that original run get a ratio.
+
     Examples
     --------
     >>> def pts(gb):
@@ -252,10 +290,12 @@ def build_rows(
     [1.0, 0.2]
     """
     rows = [summarize(run, target, link, metric) for run in runs]
-    base = next((r.gb_to_target for r in rows if r.param == "original"), None)
+    base = next((r for r in rows if r.param == "original"), None)
+    if base is None or not base.gb_to_target:
+        return tuple(rows)
     return tuple(
-        replace(r, gb_ratio_to_original=r.gb_to_target / base)
-        if base and r.gb_to_target is not None
+        replace(r, gb_ratio_to_original=r.gb_to_target / base.gb_to_target)
+        if r.gb_to_target is not None and r.scored_on == base.scored_on
         else r
         for r in rows
     )
@@ -304,7 +344,7 @@ def write_report(
 
 def _curve(run: RunRecord, scored: str) -> Curve:
     rows = run.history.rows
-    metric = scored_metric(rows, scored)
+    metric = scored_metric(rows, scored, run.scored_on)
     evaluated = [(p, v) for p in rows if (v := getattr(p, metric)) is not None]
     personal = " (personal)" if metric == "personal_accuracy" else ""
     return Curve(

@@ -119,6 +119,15 @@ class RunSummary:
     num_params: int
     num_params_travelling: int
     wall_seconds: float
+    # What the accuracies mean: the accuracy a comparison scores the run on
+    # (personal for runs whose clients keep a model part), what the global
+    # accuracy measures ("global view (W2=0)": pFedPara's W1 alone), the
+    # server's weighting, and the share of each client's training examples
+    # carved off as its personal test split (the rest it trained on).
+    scored_on: str = "global"
+    global_view: str = "global"
+    weighting: str = ""
+    personal_test_fraction: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """Plain dict for JSON, keys in field order."""

@@ -75,10 +75,16 @@ class RoundMetrics:
     accuracy: float | None = field(default=None, metadata=LOGGED)
     loss: float | None = field(default=None, metadata=LOGGED)
     personal_accuracy: float | None = field(default=None, metadata=LOGGED)
+    personal_accuracy_per_client: float | None = field(default=None, metadata=LOGGED)
     personal_loss: float | None = field(default=None, metadata=LOGGED)
     personal_p10: float | None = field(default=None, metadata=LOGGED)
     personal_p90: float | None = field(default=None, metadata=LOGGED)
+    # Clients scored, and evaluated clients left out as never trained.
     personal_clients: int = 0
+    personal_untrained: int = 0
+    # The strategy's other models on the global test split (FedDyn's
+    # all-client mean; TensorBoard: "extra_accuracy/<name>").
+    extra_accuracy: dict[str, float] = field(default_factory=dict, metadata=LOGGED)
     train_loss: float | None = field(default=None, metadata=LOGGED)
     bytes_up: int = field(metadata=LOGGED)
     bytes_down: int = field(metadata=LOGGED)
@@ -235,6 +241,11 @@ class Tracker:
             for name in ("metrics.jsonl", "comm.jsonl", "clients.jsonl"):
                 _truncate_rounds(run_dir / name, resume_round)
         self.strategy = strategy
+        # pFedPara's global accuracy is W1 alone: its TensorBoard tags say so.
+        model = config.get("model") or {}
+        self._global_tag = (
+            "global_view_W2=0/" if model.get("param") == "pfedpara" else ""
+        )
         self._metrics = (run_dir / "metrics.jsonl").open("a")
         self._comm = (run_dir / "comm.jsonl").open("a")
         self._clients = (run_dir / "clients.jsonl").open("a")
@@ -283,6 +294,8 @@ class Tracker:
         for tag, value in metrics.scalars():
             if tag.startswith("strategy/"):  # under the strategy's own name
                 tag = f"{self.strategy}/{tag.removeprefix('strategy/')}"
+            elif tag in ("accuracy", "loss"):
+                tag = self._global_tag + tag
             self.writer.add_scalar(tag, value, step)
         for channel, directions in metrics.bytes_by_channel.items():
             for direction, n in directions.items():  # encoded bytes, as measured
@@ -294,7 +307,8 @@ class Tracker:
         for tag in ("accuracy", "personal_accuracy"):
             value = getattr(metrics, tag)
             if value is not None:
-                self.writer.add_scalar(f"{tag}_vs_cumulative_kB", value, kb)
+                prefix = self._global_tag if tag == "accuracy" else ""
+                self.writer.add_scalar(f"{prefix}{tag}_vs_cumulative_kB", value, kb)
         self.writer.flush()
 
     def finish(self, summary: RunSummary) -> None:

@@ -112,7 +112,7 @@ def summary_paragraph(cfg: Config, result: RunResult) -> str:
     reached = []
     if s.final_accuracy is not None:
         reached.append(
-            f"a final global accuracy of {s.final_accuracy:.4f} "
+            f"a final {s.global_view} accuracy of {s.final_accuracy:.4f} "
             f"(best {s.best_accuracy:.4f})"
         )
     if s.final_personal_accuracy is not None:
@@ -120,6 +120,8 @@ def summary_paragraph(cfg: Config, result: RunResult) -> str:
             f"a final personal accuracy of {s.final_personal_accuracy:.4f} "
             f"(best {s.best_personal_accuracy:.4f})"
         )
+    if s.scored_on == "personal":  # the accuracy it is compared on comes first
+        reached.reverse()
     rounds = f"{s.rounds} round{'s' if s.rounds != 1 else ''}"
     return (
         f"\n{cfg.name}: {rounds} of {cfg.server.clients_per_round} clients "

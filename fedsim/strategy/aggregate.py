@@ -17,13 +17,24 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from fedsim.messages import ClientUpdate
+from fedsim.registry import Weighting
+
+
+def client_weight(update: ClientUpdate, weighting: Weighting) -> float:
+    """``update``'s weight in a mean over a round's clients (``server.weighting``).
+
+    ``examples``: its training examples; ``uniform``: 1.
+    """
+    return float(update.num_examples) if weighting == "examples" else 1.0
+
 
 class AggregationError(ValueError):
     """Updates that cannot be averaged (no clients, mismatched tensors)."""
 
 
 class WeightedMean:
-    """Running example-weighted mean of named tensors, tensor by tensor.
+    """Running weighted mean of named tensors, tensor by tensor.
 
     Each tensor (every FedPara factor, core, bias, norm parameter) is averaged on
     its own. The sum is kept in float64 so that the result depends only on the

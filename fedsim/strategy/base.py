@@ -39,6 +39,8 @@ from fedsim.algorithm import ClientAlgorithm
 from fedsim.config import ClientConfig, Config, ServerConfig
 from fedsim.messages import MODEL, ClientEval, ClientHParams, ClientUpdate, EvalResult
 from fedsim.params import StateLayout, Tensors
+from fedsim.registry import Weighting
+from fedsim.strategy.aggregate import client_weight
 from fedsim.strategy.evaluate import EvalMetrics, EvalPlan, EvalSchedule
 
 StrategyState = dict[str, Tensors]
@@ -60,29 +62,69 @@ def shapes(tensors: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
 
 @dataclass(frozen=True, kw_only=True)
 class StrategySettings:
-    """The parts of a config a strategy reads, and nothing else."""
+    """The parts of a config a strategy reads, and nothing else.
+
+    ``client_examples``: every client's training examples, by client id (the
+    partition's, after the personal carve), for the strategies whose
+    examples weighting needs the whole population's sizes (SCAFFOLD's
+    control variate, FedDyn's per-client alpha); None where no partition
+    exists (reading a layout).
+    """
 
     client: ClientConfig
     server: ServerConfig
     num_clients: int
     schedule: EvalSchedule
+    client_examples: tuple[int, ...] | None = None
 
     @property
     def options(self) -> Any:
         """The strategy's own typed settings (``server.settings``)."""
         return self.server.settings
 
+    @property
+    def weighting(self) -> Weighting:
+        """``server.weighting``, or the strategy's default when unset."""
+        return self.server.weighting or self.server.spec.weighting
+
+    def weight(self, update: ClientUpdate) -> float:
+        """``update``'s weight in a mean over the round's clients."""
+        return client_weight(update, self.weighting)
+
+    def population_weight(self, client_id: int) -> float:
+        """``w_i``: 1 (uniform), or ``n_i / mean n`` over all ``N`` clients.
+
+        ``(1/N) sum_i w_i x_i`` is then the mean of ``x_i`` under the
+        weighting, over the whole population, as Acar et al.'s code weights
+        FedDyn and SCAFFOLD.
+
+        Raises
+        ------
+        ValueError
+            With examples weighting and no ``client_examples``.
+        """
+        if self.weighting == "uniform":
+            return 1.0
+        sizes = self.client_examples
+        if sizes is None:
+            raise ValueError(
+                f"{self.server.strategy} with server.weighting=examples needs every "
+                "client's training examples (StrategySettings.client_examples)"
+            )
+        return sizes[client_id] * len(sizes) / sum(sizes)
+
 
 @dataclass(frozen=True, kw_only=True)
 class ClientPlan:
     """One client's own instructions beside the round's shared plan.
 
-    ``hparams`` replaces the plan's for this client; ``payload`` holds channels
-    only this client receives (merged with the shared payload, counted in its
-    download bytes).
+    ``hparams`` and ``algorithm`` replace the plan's for this client (FedDyn's
+    per-client alpha); ``payload`` holds channels only this client receives
+    (merged with the shared payload, counted in its download bytes).
     """
 
     hparams: ClientHParams | None = None
+    algorithm: ClientAlgorithm | None = None
     payload: Mapping[str, Tensors] = field(default_factory=dict)
 
 
@@ -204,6 +246,14 @@ class Strategy(ABC):
         """
 
     # ------------------------------------------------------------ evaluation
+    def extra_models(self, state: StrategyState) -> Mapping[str, Tensors]:
+        """Models to evaluate beside the global one, by name (none by default).
+
+        Evaluated on the global test split whenever the global model is; their
+        accuracy goes to ``extra_accuracy`` (FedDyn's all-client mean).
+        """
+        return {}
+
     def configure_evaluate(self, server_round: int) -> EvalPlan:
         """Which evaluations run after ``server_round``."""
         return self.settings.schedule.plan(server_round)
@@ -213,13 +263,25 @@ class Strategy(ABC):
         server_round: int,
         global_result: EvalResult | None,
         personal: Sequence[ClientEval],
+        untrained: int = 0,
+        extra: Mapping[str, EvalResult] | None = None,
     ) -> EvalMetrics:
-        """Combine the round's evaluations into its metrics."""
-        return EvalMetrics.of(global_result, personal)
+        """Combine the round's evaluations into its metrics.
+
+        ``untrained``: clients of the plan left unscored (never trained);
+        ``extra``: the results of :meth:`extra_models`.
+        """
+        return EvalMetrics.of(global_result, personal, untrained, extra)
 
 
-def strategy_settings(cfg: Config) -> StrategySettings:
-    """The config sections a strategy reads, and its evaluation schedule."""
+def strategy_settings(
+    cfg: Config, client_examples: Sequence[int] | None = None
+) -> StrategySettings:
+    """The config sections a strategy reads, and its evaluation schedule.
+
+    ``client_examples``: every client's training examples (see
+    :class:`StrategySettings`).
+    """
     global_model, personal = cfg.evaluates
     schedule = EvalSchedule(
         every=cfg.server.eval_every,
@@ -229,12 +291,14 @@ def strategy_settings(cfg: Config) -> StrategySettings:
         personal_clients=cfg.server.personal_eval_clients,
         num_clients=cfg.data.num_clients,
         seed=cfg.seed,
+        trained_only=cfg.server.personal_eval_trained_only,
     )
     return StrategySettings(
         client=cfg.client,
         server=cfg.server,
         num_clients=cfg.data.num_clients,
         schedule=schedule,
+        client_examples=None if client_examples is None else tuple(client_examples),
     )
 
 

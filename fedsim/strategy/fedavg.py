@@ -2,7 +2,8 @@
 
 FedAvg averages every travelling tensor (each FedPara factor X1, Y1, X2, Y2,
 T1, T2, each bias and norm parameter) on its own, weighted by the clients'
-training examples. FedPer (Arivazhagan et al., 2019) is FedAvg with the last
+training examples (``server.weighting: examples``, McMahan's ``n_k / n``) or
+uniformly. FedPer (Arivazhagan et al., 2019) is FedAvg with the last
 ``server.settings.layers`` layers kept on each client; local-only training keeps
 everything on the client and sends nothing.
 
@@ -26,20 +27,23 @@ from torch import nn
 
 from fedsim.messages import MODEL, ClientUpdate
 from fedsim.params import Tensors, last_layer_names
-from fedsim.strategy.aggregate import WeightedMean
+from fedsim.registry import Weighting
+from fedsim.strategy.aggregate import WeightedMean, client_weight
 from fedsim.strategy.base import Aggregate, Strategy, StrategyState, TrainPlan
 
 
-def fedavg_aggregate(updates: Iterable[ClientUpdate]) -> Tensors:
-    """Example-weighted mean of the updates' model channel (at least one)."""
+def fedavg_aggregate(
+    updates: Iterable[ClientUpdate], weighting: Weighting = "examples"
+) -> Tensors:
+    """Weighted mean of the updates' model channel (at least one)."""
     mean = WeightedMean()
     for update in updates:
-        mean.add(update.upload[MODEL], weight=float(update.num_examples))
+        mean.add(update.upload[MODEL], weight=client_weight(update, weighting))
     return mean.result()
 
 
 class FedAvg(Strategy):
-    """Average every travelling tensor on its own, weighted by examples."""
+    """Average every travelling tensor on its own (``server.weighting``)."""
 
     def aggregate_train(
         self,
@@ -48,10 +52,11 @@ class FedAvg(Strategy):
         state: StrategyState,
         updates: Sequence[ClientUpdate],
     ) -> Aggregate | None:
-        """Example-weighted mean of the updates (sorted client order)."""
+        """Weighted mean of the updates (sorted client order)."""
         if not updates:
             return None
-        return Aggregate(global_tensors=fedavg_aggregate(updates), state=state)
+        mean = fedavg_aggregate(updates, self.settings.weighting)
+        return Aggregate(global_tensors=mean, state=state)
 
 
 class FedPer(FedAvg):

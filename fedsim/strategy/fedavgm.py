@@ -85,7 +85,7 @@ class FedAvgM(Strategy):
         o = self.settings.options
         new, v = momentum_step(
             global_tensors,
-            fedavg_aggregate(updates),
+            fedavg_aggregate(updates, self.settings.weighting),
             state["v"],
             lr=o.lr,
             momentum=o.momentum,

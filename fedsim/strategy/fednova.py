@@ -4,7 +4,8 @@ Clients that take more local steps move further; FedAvg's mean then leans
 towards them and optimizes a skewed objective. FedNova divides each client's
 change by the norm of its local "aggregation vector" ``a_i`` and rescales the
 weighted mean by the weighted mean norm. With ``tau_i`` the client's local
-steps, ``rho`` the clients' momentum and ``p_i = n_i / sum n`` (examples)::
+steps, ``rho`` the clients' momentum and ``p_i = n_i / sum n`` (examples, the
+paper's; ``server.weighting: uniform`` sets ``p_i = 1/|S|``)::
 
     ||a_i||_1 = tau_i                                          (plain SGD)
     ||a_i||_1 = (tau_i - rho (1 - rho^tau_i) / (1 - rho)) / (1 - rho)   (momentum)
@@ -93,12 +94,13 @@ class FedNova(Strategy):
         if not updates:
             return None
         rho = self.client_hparams(server_round).momentum
-        total = float(sum(u.num_examples for u in updates))
+        weight = {u.client_id: self.settings.weight(u) for u in updates}
+        total = sum(weight.values())
         norms = {
             u.client_id: tau_norm(int(u.upload[STEPS]["tau"].item()), momentum=rho)
             for u in updates
         }
-        tau_eff = sum(u.num_examples / total * norms[u.client_id] for u in updates)
+        tau_eff = sum(weight[c] / total * norms[c] for c in norms)
         new: Tensors = {}
         for name, x in global_tensors.items():
             if not x.is_floating_point():
@@ -107,7 +109,7 @@ class FedNova(Strategy):
             x64 = x.to(torch.float64)
             direction = torch.zeros_like(x64)
             for u in updates:
-                p = u.num_examples / total
+                p = weight[u.client_id] / total
                 y = u.upload[MODEL][name].to(torch.float64)
                 direction += p * (x64 - y) / max(norms[u.client_id], 1e-12)
             new[name] = (x64 - tau_eff * direction).to(x.dtype)

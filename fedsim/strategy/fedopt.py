@@ -1,16 +1,24 @@
 """Adaptive server optimizers (Reddi et al., 2021): FedAdam, FedYogi, FedAdagrad.
 
-The clients train as in FedAvg; the server treats ``d = weighted_mean - x`` (the
-example-weighted mean of the uploaded models minus the global model) as a
-pseudo-gradient and takes one adaptive step, factor by factor on every floating
-tensor of the model channel (each FedPara factor on its own)::
+The clients train as in FedAvg; the server treats ``d = mean - x`` (the mean of
+the uploaded models, weighted by ``server.weighting``: uniform in Reddi et al.'s
+Algorithm 2, examples in Flower, minus the global model) as a pseudo-gradient
+and takes one adaptive step, factor by factor on every floating tensor of the
+model channel (each FedPara factor on its own)::
 
     m <- beta1 * m + (1 - beta1) * d
     v <- rule(v, d)                    # adam, yogi or adagrad, below
-    x <- x + lr * m / (sqrt(v) + tau)
+    x <- x + lr_t * m / (sqrt(v) + tau)
 
-with ``lr``, ``beta1``, ``beta2``, ``tau`` from ``server.settings``, no bias correction,
-``m`` starting at 0 and ``v`` at ``tau**2`` (Reddi's ``v_{-1} >= tau^2``). The
+with ``lr``, ``beta1``, ``beta2``, ``tau`` from ``server.settings``, ``m``
+starting at 0 and ``v`` at ``tau**2`` (Reddi's ``v_{-1} >= tau^2``; Flower
+starts at 0). ``lr_t = lr`` (Reddi et al.: no bias correction), or with
+``server.settings.bias_correction`` Flower's FedAdam correction::
+
+    lr_t = lr * sqrt(1 - beta2^(t+1)) / (1 - beta1^(t+1))
+
+where ``t`` is Flower's round number, from 1 (fedsim's round + 1; Kingma and
+Ba's Adam would use ``t``). The
 three algorithms differ only in the second-moment rule, a plain function
 (:data:`SECOND_MOMENT`); one strategy, :class:`FedOpt`, composes the weighted
 mean with a :class:`ServerOptimizer` holding the rule chosen by
@@ -30,6 +38,7 @@ Example
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -84,6 +93,19 @@ class ServerOptimizer:
     beta1: float
     beta2: float
     tau: float
+    bias_correction: bool = False
+
+    def rate(self, t: int) -> float:
+        """``lr_t`` of Flower's round ``t`` (from 1): ``lr`` without correction.
+
+        >>> opt = ServerOptimizer(adam_second_moment, 1.0, 0.9, 0.99, 1e-3, True)
+        >>> round(opt.rate(1), 6)  # sqrt(1 - 0.99**2) / (1 - 0.9**2)
+        0.74246
+        """
+        if not self.bias_correction:
+            return self.lr
+        k = t + 1
+        return float(self.lr * math.sqrt(1 - self.beta2**k) / (1 - self.beta1**k))
 
     def init(self, global_tensors: Mapping[str, Tensor]) -> StrategyState:
         """``m = 0`` and ``v = tau^2`` for every floating tensor."""
@@ -104,18 +126,21 @@ class ServerOptimizer:
         x: Mapping[str, Tensor],
         target: Mapping[str, Tensor],
         state: StrategyState,
+        t: int = 1,
     ) -> tuple[Tensors, StrategyState]:
         """Move ``x`` towards ``target`` (the clients' mean); new tensors and state.
 
+        ``t``: Flower's round number (from 1), read with bias correction only.
         Tensors without moments (non-floating) take ``target``'s value.
         """
         new_x, new_m, new_v = dict(target), {}, {}
+        lr = self.rate(t)
         for name, m in state["m"].items():
             x64 = x[name].to(torch.float64)
             d = target[name].to(torch.float64) - x64
             m64 = self.beta1 * m.to(torch.float64) + (1 - self.beta1) * d
             v64 = self.rule(state["v"][name].to(torch.float64), d, self.beta2)
-            x64 = x64 + self.lr * m64 / (v64.sqrt() + self.tau)
+            x64 = x64 + lr * m64 / (v64.sqrt() + self.tau)
             new_x[name] = x64.to(x[name].dtype)
             new_m[name] = m64.to(m.dtype)
             new_v[name] = v64.to(state["v"][name].dtype)
@@ -140,7 +165,12 @@ class FedOpt(Strategy):
                 f"got {name!r}"
             )
         self.optimizer = ServerOptimizer(
-            SECOND_MOMENT[name], lr=o.lr, beta1=o.beta1, beta2=o.beta2, tau=o.tau
+            SECOND_MOMENT[name],
+            lr=o.lr,
+            beta1=o.beta1,
+            beta2=o.beta2,
+            tau=o.tau,
+            bias_correction=o.bias_correction,
         )
 
     def init(self, global_tensors: Mapping[str, Tensor]) -> StrategyState:
@@ -154,11 +184,12 @@ class FedOpt(Strategy):
         state: StrategyState,
         updates: Sequence[ClientUpdate],
     ) -> Aggregate | None:
-        """One server step towards the example-weighted mean of the updates."""
+        """One server step towards the weighted mean of the updates."""
         if not updates:
             return None
+        mean = fedavg_aggregate(updates, self.settings.weighting)
         new, new_state = self.optimizer.step(
-            global_tensors, fedavg_aggregate(updates), state
+            global_tensors, mean, state, t=server_round + 1
         )
         return Aggregate(
             global_tensors=new,

@@ -9,10 +9,18 @@ learning rate ``lr`` from the global ``x`` to ``y_i``, option II sets::
     c_i+ = c_i - c + (x - y_i) / (K * lr)
 
 and the client uploads its model and ``dc_i = c_i+ - c_i`` (channel
-``"control"``). The server, with global step size 1 as FedAvg::
+``"control"``). The server, with global step size ``eta_g`` =
+``server.settings.lr`` (1 by default) and ``N`` all clients::
 
-    x <- example-weighted mean of y_i
-    c <- c + |S| / N * (uniform mean of dc_i)      # N = all clients
+    x <- x + eta_g * sum_{i in S} p_i (y_i - x)    # p_i: weights summing to 1
+    c <- c + 1/N * sum_{i in S} w_i dc_i           # w_i = 1, or n_i / mean n
+
+``server.weighting`` names both: ``uniform`` (the paper's, objective
+``(1/N) sum f_i``) gives ``p_i = 1/|S|`` and ``w_i = 1``; ``examples`` gives
+``p_i = n_i / sum_S n`` and ``w_i = n_i N / sum_all n``, so ``c`` stays the
+example-weighted mean of all clients' ``c_i`` and the fixed point is the
+example-weighted optimum (Flower's niid_bench weights both by examples over
+the cohort only).
 
 Both channels travel both ways (``c`` down, ``dc_i`` up), so a round costs about
 twice FedAvg's bytes. Floating tensors that are not trained parameters (buffers)
@@ -135,7 +143,7 @@ class ScaffoldClient(ClientAlgorithm):
 
 
 class Scaffold(Strategy):
-    """SCAFFOLD's server half: weighted model mean and the control update."""
+    """SCAFFOLD's server half: the global step on x and the control update."""
 
     def init(self, global_tensors: Mapping[str, Tensor]) -> StrategyState:
         """``{"c": zeros}`` for every floating tensor of the model."""
@@ -167,20 +175,30 @@ class Scaffold(Strategy):
         state: StrategyState,
         updates: Sequence[ClientUpdate],
     ) -> Aggregate | None:
-        """``x <- weighted mean of y_i``; ``c <- c + |S|/N * mean dc_i``."""
+        """``x <- x + lr * mean (y_i - x)``; ``c <- c + 1/N * sum w_i dc_i``."""
         if not updates:
             return None
-        models, controls = WeightedMean(), WeightedMean()
+        s = self.settings
+        models = WeightedMean()
+        dc_sum = {
+            name: torch.zeros_like(c, dtype=torch.float64)
+            for name, c in state["c"].items()
+        }
         for update in updates:
-            models.add(update.upload[MODEL], weight=float(update.num_examples))
-            controls.add(update.upload[CONTROL], weight=1.0)
-        new_x = models.result()
-        mean_dc = controls.result()
-        share = controls.count / self.settings.num_clients  # |S| / N
+            models.add(update.upload[MODEL], weight=s.weight(update))
+            w_i = s.population_weight(update.client_id)
+            for name, total in dc_sum.items():
+                total.add_(update.upload[CONTROL][name].to(torch.float64), alpha=w_i)
+        mean = models.result()
+        eta_g = s.options.lr
+        new_x = {
+            name: (x.double() + eta_g * (mean[name].double() - x.double())).to(x.dtype)
+            if x.is_floating_point()
+            else mean[name]
+            for name, x in global_tensors.items()
+        }
         new_c = {
-            name: (c.to(torch.float64) + share * mean_dc[name].to(torch.float64)).to(
-                c.dtype
-            )
+            name: (c.double() + dc_sum[name] / s.num_clients).to(c.dtype)
             for name, c in state["c"].items()
         }
         norm = sum(float(t.double().square().sum()) for t in new_c.values()) ** 0.5

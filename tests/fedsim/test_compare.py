@@ -54,7 +54,9 @@ def test_personalization_set_shares_one_split() -> None:
     assert [c.name for c in named.values()] == [f"qs_{v}" for v in variants]
     assert {c.data for c in named.values()} == {named["fedavg"].data}
     assert {c.personal_test_fraction for c in named.values()} == {0.2}
-    assert named["fedper"].model.param == "original"
+    # one parameterization for every strategy (pFedPara's is its own layers)
+    assert named["fedper"].model.param == named["local_only"].model.param == "fedpara"
+    assert named["fedper"].server.settings.layers == 1
     assert named["fedper"].server.strategy == "fedper"
     assert named["pfedpara"].model.param == "pfedpara"
     assert named["local_only"].server.strategy == "local_only"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedsim.checkpoint import load_checkpoint, save_checkpoint
 from fedsim.driver import RoundFailed
 from fedsim.messages import MODEL, ClientFailure, ClientTask, ClientUpdate
 from fedsim.registry import STRATEGIES
@@ -209,3 +210,53 @@ def test_every_strategy_runs_rounds_through_the_driver(
     assert state.round == 2
     kept = driver.store.get(backend.tasks[-1].client_id)
     assert kept[COUNT]["n"].item() >= 1  # what clients keep reaches the store
+
+
+@pytest.mark.parametrize("trained_only", [True, False])
+def test_personal_accuracy_scores_only_clients_that_trained_and_counts_the_rest(
+    tmp_path: Path, trained_only: bool
+) -> None:
+    # Prepare: 6 clients, 3 per round, every client evaluated after each round.
+    backend = BoringBackend()
+    driver, state = boring_driver(
+        tmp_path,
+        backend,
+        "server.evaluate=personal",
+        "data.client_test_fraction=0.2",
+        f"server.personal_eval_trained_only={str(trained_only).lower()}",
+    )
+    # Execute: two rounds
+    state, first = driver.run_round(state)
+    state, second = driver.run_round(state)
+    # Assert: the clients scored are those aggregated so far (or all six)
+    trained = sorted({t.client_id for t in backend.tasks})
+    assert state.trained == frozenset(trained)
+    if trained_only:
+        assert (first.personal_clients, first.personal_untrained) == (3, 3)
+        assert (second.personal_clients, second.personal_untrained) == (
+            len(trained),
+            6 - len(trained),
+        )
+    else:
+        assert (first.personal_clients, first.personal_untrained) == (6, 0)
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["personal_clients"] + row["personal_untrained"] == 6
+    # the set survives a checkpoint
+    config = {"name": "any"}
+    save_checkpoint(tmp_path / "run", state, config)
+    assert load_checkpoint(tmp_path / "run", config).trained == state.trained
+
+
+def test_a_strategys_extra_model_is_evaluated_and_logged(tmp_path: Path) -> None:
+    backend = BoringBackend()
+    driver, state = boring_driver(
+        tmp_path,
+        backend,
+        "server.strategy=feddyn",
+        "server.settings.all_client_mean=true",
+    )
+    _, metrics = driver.run_round(state)
+    # the boring backend scores every model 1 of 2 right
+    assert metrics.extra_accuracy == {"all_client_mean": 0.5}
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["extra_accuracy"] == {"all_client_mean": 0.5}

@@ -38,7 +38,13 @@ class ReadSpy(np.ndarray):
 def test_personal_splits_are_evaluated_and_never_trained_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = tiny_config(tmp_path, "model.param=pfedpara", "rounds=2", *SHARDS)
+    cfg = tiny_config(
+        tmp_path,
+        "model.param=pfedpara",
+        "rounds=2",
+        "server.personal_eval_trained_only=false",  # every client, trained or not
+        *SHARDS,
+    )
     data, partition = load_data(cfg)
     spy = np.asarray(data.x_train).view(ReadSpy)
     spy.reads, spy.phase = [], ["other"]
@@ -125,7 +131,8 @@ def test_personal_evaluation_samples_clients_per_round(tmp_path: Path) -> None:
         *SHARDS,
     )
     rows = read_metrics(run_experiment(cfg, backend="local").run_dir)
-    assert [r["personal_clients"] for r in rows] == [2, 2, 2]
+    # two sampled per round: scored if they trained, else counted as untrained
+    assert [r["personal_clients"] + r["personal_untrained"] for r in rows] == [2] * 3
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,13 @@ def test_settings_are_typed_checked_and_recorded() -> None:
     assert cfg.to_dict()["server"]["settings"] == {"mu": 0.25}
     assert load_config(None, ["server.strategy=fedadam"]).to_dict()["server"][
         "settings"
-    ] == {"lr": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 0.001}
+    ] == {
+        "lr": 0.01,
+        "beta1": 0.9,
+        "beta2": 0.99,
+        "tau": 0.001,
+        "bias_correction": False,
+    }
     with pytest.raises(ConfigError, match=r"server\.settings\.mu: must be >= 0"):
         load_config(None, ["server.strategy=fedprox", "server.settings.mu=-1"])
     with pytest.raises(ConfigError, match=r"not a setting of server\.strategy=fedavg"):

@@ -38,22 +38,25 @@ from fedsim.tracking import RoundMetrics
 TARGET = ["--target", "0.8"]
 LINK = ["--uplink-mbps", "8", "--downlink-mbps", "16"]
 MD_HEADER = (
-    "| run | arch | param | γ | strategy | encoding up/down | params travelling "
-    "| bytes/round | rounds "
-    "| final acc | best acc | final personal | best personal | GB to 0.8 "
-    "| GB ÷ original | wall s |"
+    "| run | arch | param | γ | strategy | weighting | encoding up/down | trained on "
+    "| params travelling | bytes/round | rounds | scored on | final global "
+    "| best global | final personal | best personal | GB to 0.8 | GB ÷ original "
+    "| wall s |"
 )
 MD_ORI = (
-    "| ori | mlp_digits | original | 0.5 | fedavg | none/none | 1,000 | 6,000,000 | 4 "
-    "| 0.9000 | 0.9000 |  |  | 0.018 | 1.000 | 12.5 |"
+    "| ori | mlp_digits | original | 0.5 | fedavg | examples | none/none | 100% "
+    "| 1,000 | 6,000,000 | 4 | global | 0.9000 | 0.9000 |  |  | 0.018 | 1.000 "
+    "| 12.5 |"
 )
 MD_FED = (
-    "| fed | mlp_digits | fedpara | 0.1 | fedavg | none/none |  | 1,150,000 | 4 "
-    "| 0.8100 | 0.8200 | 0.7000 | 0.7500 | 0.0036 | 0.200 | 10.0* |"
+    "| fed | mlp_digits | fedpara | 0.1 | fedavg | examples | none/none | 100% |  "
+    "| 1,150,000 | 4 | global | 0.8100 | 0.8200 | 0.7000 | 0.7500 | 0.0036 "
+    "| 0.200 | 10.0* |"
 )
 MD_LOW = (
-    "| low_eval2 | mlp_digits | lowrank | 0.3 | fedprox | none/none |  | 800,000 | 5 "
-    "| 0.6000 | 0.7500 |  |  | not reached |  | 2.5* |"
+    "| low_eval2 | mlp_digits | lowrank | 0.3 | fedprox | examples | none/none "
+    "| 100% |  | 800,000 | 5 | global | 0.6000 | 0.7500 |  |  | not reached |  "
+    "| 2.5* |"
 )
 
 
@@ -230,13 +233,14 @@ def test_tables_with_link_hand_computed(
 
     md = (out / "report.md").read_text().splitlines()
     assert md[0] == MD_HEADER[:-1] + "| link s/round | link s to 0.8 |"
-    assert md[1] == "|" + "---|" * 18
+    assert md[1] == "|" + "---|" * 21
     assert md[2] == MD_ORI + " 1.5 | 4.5 |"
     assert md[3] == MD_FED + " 0.3 | 0.9 |"
     assert md[4] == MD_LOW + " 0.3 | not reached |"
     assert md[5] == ""
-    assert md[6].startswith(r"\* no summary.json (unfinished run)")
-    assert md[8].startswith("Simulated link: 8 Mbit/s up, 16 Mbit/s down")
+    assert md[6].startswith("scored on: the accuracy of GB to target")
+    assert md[8].startswith(r"\* no summary.json (unfinished run)")
+    assert md[10].startswith("Simulated link: 8 Mbit/s up, 16 Mbit/s down")
 
     printed = capsys.readouterr().out
     assert "\n".join(md) in printed
@@ -245,8 +249,8 @@ def test_tables_with_link_hand_computed(
 
     header = (out / "report.csv").read_text().splitlines()[0]
     assert header == (
-        "name,arch,param,gamma,strategy,encoding,params_travelling,bytes_per_round,"
-        "rounds,"
+        "name,arch,param,gamma,strategy,weighting,encoding,train_fraction,"
+        "params_travelling,bytes_per_round,rounds,scored_on,global_view,"
         "final_accuracy,best_accuracy,final_personal_accuracy,best_personal_accuracy,"
         "target,gb_to_target,gb_ratio_to_original,wall_seconds,"
         "wall_seconds_from_rounds,link_seconds_per_round,link_seconds_to_target"
@@ -288,7 +292,7 @@ def test_without_link_or_original(tmp_path: Path) -> None:
     dirs = [str(fed_run(tmp_path)), str(low_run(tmp_path))]
     assert main(["report", *dirs, "--out", str(out), *TARGET]) == 0
     md = (out / "report.md").read_text().splitlines()
-    assert md[:2] == [MD_HEADER, "|" + "---|" * 16]
+    assert md[:2] == [MD_HEADER, "|" + "---|" * 19]
     # no original run in the set: the ratio column stays empty
     assert md[2] == MD_FED.replace("| 0.200 |", "|  |")
     assert md[3] == MD_LOW
@@ -372,5 +376,40 @@ def test_a_run_without_a_global_model_is_scored_on_personal_accuracy(
     (row,) = csv.DictReader((out / "report.csv").read_text().splitlines())
     assert row["final_accuracy"] == "" and float(row["final_personal_accuracy"]) == 0.85
     assert float(row["gb_to_target"]) == pytest.approx(0.004)  # round 1: 4e6 B
-    assert "on their personal accuracy" in (out / "report.md").read_text()
+    assert row["scored_on"] == "personal" and row["train_fraction"] == "0.8"
     assert "per (personal)" in (out / "accuracy_vs_gb.svg").read_text()
+
+
+def test_auto_scores_pfedpara_on_personal_accuracy_and_labels_its_global_view(
+    tmp_path: Path,
+) -> None:
+    # pFedPara: W1 alone (global view) 0.5 then 0.9, personal 0.6 then 0.85;
+    # an original FedAvg run reaches 0.8 globally in round 1 at 2e6 B.
+    def rows(glob: tuple[float, float], pers: tuple[float, float] | None) -> list:
+        cum = [2 * 10**6, 4 * 10**6]
+        return [
+            json.dumps(metrics_row(r, g, 10**6, 10**6, cum[r], clients=3,
+                                   personal=pers[r] if pers else None))
+            for r, g in enumerate(glob)
+        ]  # fmt: skip
+
+    pfp = write_run(tmp_path / "p", "p", "pfedpara", 0.5, rows((0.5, 0.9), (0.6, 0.85)))
+    ori = write_run(tmp_path / "o", "o", "original", 0.5, rows((0.5, 0.9), None))
+    out = tmp_path / "out"
+    assert main(["report", str(ori), str(pfp), "--out", str(out), *TARGET]) == 0
+    by_name = read_csv(out / "report.csv")
+    row = by_name["p"]
+    assert row["scored_on"] == "personal" and row["global_view"] == "global view (W2=0)"
+    # GB to 0.8 on personal accuracy: round 1 (4e6 B), though W1 alone is 0.9 too
+    assert float(row["gb_to_target"]) == pytest.approx(0.004)
+    # ... and no ratio to an original run scored on another accuracy
+    assert row["gb_ratio_to_original"] == "" and by_name["o"]["scored_on"] == "global"
+    md = (out / "report.md").read_text()
+    assert "| 0.9000 [global view (W2=0)] |" in md
+    assert "p (personal)" in (out / "accuracy_vs_gb.svg").read_text()
+    # --metric global still scores it on W1 alone when asked explicitly
+    assert (
+        main(["report", str(pfp), "--out", str(out), *TARGET, "--metric", "global"])
+        == 0
+    )
+    assert read_csv(out / "report.csv")["p"]["scored_on"] == "global"

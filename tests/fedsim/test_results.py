@@ -64,3 +64,25 @@ def test_a_summary_that_is_missing_or_not_one(tmp_path: Path) -> None:
     (tmp_path / "summary.json").write_text(json.dumps({"rounds": 2}))
     with pytest.raises(ValueError, match="is not a run summary"):
         RunSummary.load(tmp_path)
+
+
+def test_a_pfedpara_run_leads_with_personal_accuracy_and_labels_w1_alone(
+    tmp_path: Path,
+) -> None:
+    from fedsim.cli.common import summary_paragraph
+    from fedsim.loop import RunResult
+
+    cfg = load_config(None, ["model.param=pfedpara"])
+    assert (cfg.scored_on, cfg.global_view) == ("personal", "global view (W2=0)")
+    summary = RunSummary(
+        name="p", final_accuracy=0.7, final_loss=1.0, best_accuracy=0.75,
+        final_personal_accuracy=0.9, best_personal_accuracy=0.91, rounds=2,
+        total_bytes=8, bytes_up=4, bytes_down=4, num_params=10,
+        num_params_travelling=5, wall_seconds=1.0, scored_on=cfg.scored_on,
+        global_view=cfg.global_view, personal_test_fraction=0.2,
+    )  # fmt: skip
+    text = summary_paragraph(cfg, RunResult(tmp_path, summary))
+    assert "reached a final personal accuracy of 0.9000 (best 0.9100) and a " in text
+    assert "final global view (W2=0) accuracy of 0.7000" in text
+    plain = load_config(None, [])
+    assert (plain.scored_on, plain.global_view) == ("global", "global")

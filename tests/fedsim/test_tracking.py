@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import pytest
 
+from fedsim.comm import RoundTraffic
+from fedsim.config import LogConfig
 from fedsim.messages import ClientEval, EvalResult
 from fedsim.strategy.evaluate import EvalMetrics
-from fedsim.tracking import LOGGED, SCALARS, TIMING, RoundMetrics
+from fedsim.tracking import LOGGED, SCALARS, TIMING, RoundMetrics, Tracker
 from tests.fixtures import readme_keys
 
 BYTES = {"bytes_up": 1, "bytes_down": 2, "cumulative_bytes": 3}
@@ -20,8 +23,9 @@ def test_the_readme_names_exactly_the_fields_of_a_row() -> None:
 
 def test_tensorboard_tags_and_timings_are_read_off_the_fields() -> None:
     assert set(SCALARS) == {
-        "accuracy", "loss", "personal_accuracy", "personal_loss", "personal_p10",
-        "personal_p90", "train_loss", "bytes_up", "bytes_down", "cumulative_bytes",
+        "accuracy", "loss", "personal_accuracy", "personal_accuracy_per_client",
+        "personal_loss", "personal_p10", "personal_p90", "train_loss", "bytes_up",
+        "bytes_down", "cumulative_bytes",
         "num_clients", "num_failed", "lr", "round_seconds", "eval_seconds",
         "setup_seconds",
     }  # fmt: skip
@@ -72,3 +76,30 @@ def test_a_new_metric_is_one_field() -> None:
     assert WithStrategy.from_json(row.to_json()) == row
     assert dict(row.scalars())["strategy/drift"] == 0.25
     assert WithStrategy.from_json({"round": 0, **BYTES}).strategy == {}
+
+
+@pytest.mark.parametrize(
+    ("param", "tag"),
+    [("pfedpara", "global_view_W2=0/accuracy"), ("fedpara", "accuracy")],
+)
+def test_a_pfedpara_runs_global_accuracy_is_tagged_as_the_global_view(
+    tmp_path: Path, param: str, tag: str
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import (
+        EventAccumulator,
+    )
+
+    tracker = Tracker(
+        tmp_path, LogConfig(), config={"model": {"param": param}}, strategy="fedavg"
+    )
+    row = RoundMetrics(round=0, accuracy=0.7, loss=1.0, personal_accuracy=0.9, **BYTES)
+    tracker.log_round(row, RoundTraffic(0, {0: 1}, {0: 1}), [])
+    tracker.writer.close()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert {tag, tag.replace("accuracy", "accuracy_vs_cumulative_kB")} <= scalars
+    assert "personal_accuracy" in scalars
+    if param == "pfedpara":
+        assert "accuracy" not in scalars and "loss" not in scalars
+        assert "global_view_W2=0/loss" in scalars

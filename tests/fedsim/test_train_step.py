@@ -187,3 +187,29 @@ def test_algorithm_hooks_are_recorded_with_their_state_refilled_per_client(
                 assert _rel(got.keep[ns][name], tensor) <= 1e-4, (ns, name)
         kept = dict(want.keep)  # the next client starts from a nonzero state
     assert captured.engine._graph is not None  # recorded once, hooks included
+
+
+def test_feddyn_clients_of_different_alpha_share_one_captured_step(
+    tmp_path: Path,
+) -> None:
+    """Examples weighting gives each client its own alpha (and clipping may be
+    on): alpha is step state, so one recorded step serves both clients and
+    each ends where its eager step ends."""
+    eager, payload = _runner(tmp_path)
+    captured, _ = _runner(tmp_path, "resources.cuda_graph=true")
+    captured.engine.capture = True
+    captured.engine.recorder = EagerRecorder()
+    kept: dict = {}
+    graphs = []
+    for client, alpha in ((1, 0.05), (2, 0.4)):
+        algorithm = FedDynClient(alpha=alpha, max_grad_norm=1.0)
+        task = dataclasses.replace(tiny_task(client), algorithm=algorithm)
+        want = eager.train(task, payload, kept)
+        got = captured.train(task, payload, kept)
+        for name, tensor in want.upload[MODEL].items():
+            assert _rel(got.upload[MODEL][name], tensor) <= 1e-4, (client, name)
+        for name, tensor in want.keep["feddyn"].items():
+            assert _rel(got.keep["feddyn"][name], tensor) <= 1e-4, (client, name)
+        graphs.append(captured.engine._graph)
+        kept = dict(want.keep)
+    assert graphs[0] is not None and graphs[0] is graphs[1]  # recorded once

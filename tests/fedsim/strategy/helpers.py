@@ -88,9 +88,10 @@ def run_rounds(strategy, glob, state, kept, cohorts, a, b, n, steps, lr):  # typ
         plan = strategy.configure_train(rnd, glob, state, cohort)
         ups = []
         for i in cohort:
+            own = plan.clients.get(i)
             up = run_quadratic_client(
-                plan.algorithm,
-                plan.payload,
+                own.algorithm if own and own.algorithm else plan.algorithm,
+                {**plan.payload, **(own.payload if own else {})},
                 kept.get(i, {}),
                 a=a[i],
                 b=b[i],

@@ -1,3 +1,6 @@
+import dataclasses
+
+import pytest
 import torch
 
 from fedsim.strategy import build_strategy
@@ -129,3 +132,72 @@ def test_fixed_point_is_the_global_optimum_despite_local_steps() -> None:
     assert abs(state["h"]["w"].item()) < 1e-8
     for i in range(3):
         assert abs(kept[i]["feddyn"]["w"].item() - a[i] * (theta - b[i])) < 1e-7
+
+
+def test_max_grad_norm_clips_the_step_gradient_as_pytorch_does() -> None:
+    # Prepare: gradients of norm 5 (3, 4) and a limit of 1; then a limit above 5.
+    grads = {"a": torch.tensor([3.0]), "b": torch.tensor([4.0])}
+    clipped = FedDynClient(alpha=0.1, max_grad_norm=1.0).gradients({}, grads)
+    kept = FedDynClient(alpha=0.1, max_grad_norm=10.0).gradients({}, grads)
+    # Assert: what torch.nn.utils.clip_grad_norm_ leaves in .grad
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in grads]
+    for p, g in zip(params, grads.values(), strict=True):
+        p.grad = g.clone()
+    torch.nn.utils.clip_grad_norm_(params, max_norm=1.0)
+    torch.testing.assert_close(clipped["a"], params[0].grad)
+    torch.testing.assert_close(clipped["b"], params[1].grad)
+    torch.testing.assert_close(clipped["a"], torch.tensor([3.0 / 5]), atol=1e-6, rtol=0)
+    assert torch.equal(kept["a"], grads["a"]) and torch.equal(kept["b"], grads["b"])
+    assert FedDynClient(alpha=0.1).gradients({}, grads) is grads  # off by default
+
+
+def test_examples_weighting_gives_each_client_alpha_over_its_weight() -> None:
+    # Prepare: 4 clients of 1, 3, 2, 2 examples (mean 2): w_i = 0.5, 1.5, 1, 1.
+    base = settings(
+        "server.strategy=feddyn",
+        "server.weighting=examples",
+        "server.settings.alpha=0.3",
+        "data.num_clients=4",
+        "server.clients_per_round=2",
+    )
+    strategy = build_strategy(dataclasses.replace(base, client_examples=(1, 3, 2, 2)))
+    glob = {"w": torch.tensor([0.0])}
+    # Execute
+    plan = strategy.configure_train(0, glob, strategy.init(glob), [0, 1])
+    # Assert
+    alphas = {cid: own.algorithm.alpha for cid, own in plan.clients.items()}
+    assert alphas == pytest.approx({0: 0.6, 1: 0.2})
+    uniform = build_strategy(settings("server.strategy=feddyn"))
+    assert uniform.configure_train(0, glob, uniform.init(glob), [0, 1]).clients == {}
+
+
+def test_all_client_mean_is_every_clients_last_model_averaged() -> None:
+    # Prepare: N = 3 clients from w = 0; alpha large, so h hardly matters here.
+    strategy = build_strategy(
+        settings(
+            "server.strategy=feddyn",
+            "server.settings.all_client_mean=true",
+            "data.num_clients=3",
+            "server.clients_per_round=2",
+        )
+    )
+    glob = {"w": torch.tensor([0.0], dtype=F64), "n": torch.tensor(4)}
+    state = strategy.init(glob)
+    assert strategy.extra_models(state)["all_client_mean"]["w"].item() == 0.0
+
+    # Execute: round 0, clients 0 and 1 return 1 and 3; round 1, clients 1 and 2
+    # return 6 and 3.
+    def ups(*pairs: tuple[int, float]) -> list:
+        return [update(c, 1, {"w": torch.tensor([w], dtype=F64), "n": glob["n"]})
+                for c, w in pairs]  # fmt: skip
+
+    glob, state = aggregate(strategy, 0, glob, state, ups((0, 1.0), (1, 3.0)))
+    first = strategy.extra_models(state)["all_client_mean"]
+    glob, state = aggregate(strategy, 1, glob, state, ups((1, 6.0), (2, 3.0)))
+    second = strategy.extra_models(state)["all_client_mean"]
+    # Assert: (1 + 3 + 0) / 3, then client 1's 3 replaced by 6: (1 + 6 + 3) / 3
+    assert first["w"].item() == pytest.approx(4 / 3, abs=1e-12)
+    assert second["w"].item() == pytest.approx(10 / 3, abs=1e-12)
+    assert int(second["n"]) == 4  # a counter keeps its initial value
+    off = build_strategy(settings("server.strategy=feddyn"))
+    assert off.extra_models(off.init(glob)) == {} and set(off.init(glob)) == {"h"}

@@ -1,4 +1,5 @@
 import io
+import math
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ def fedopt(rule: str) -> FedOpt:
             "server.settings.beta1=0.5",
             "server.settings.beta2=0.8",
             "server.settings.tau=0.5",
+            "server.weighting=examples",  # the replies' means below weigh 1 and 3
         )
     )
     assert isinstance(strategy, FedOpt)
@@ -146,3 +148,64 @@ def test_fedopt_refuses_a_strategy_without_a_second_moment_rule() -> None:
         ValueError, match=r"server\.strategy in fedadam, fedyogi, fedadagrad"
     ):
         FedOpt(settings("server.strategy=fedavg"))
+
+
+# The clients' mean of rounds 1..6 (Flower's server_round), x0 = 0.
+TARGETS = [0.8, 1.5, 1.1, 2.0, 1.7, 1.9]
+
+
+def flower_fedadam(eta: float, beta1: float, beta2: float, tau: float) -> list[float]:
+    """Flower's FedAdam (server/strategy/fedadam.py), in floats: m, v from 0;
+    eta_norm = eta * sqrt(1 - beta2^(r+1)) / (1 - beta1^(r+1)), r from 1."""
+    x, m, v, out = 0.0, 0.0, 0.0, []
+    for r, target in enumerate(TARGETS, start=1):
+        delta = target - x
+        m = beta1 * m + (1 - beta1) * delta
+        v = beta2 * v + (1 - beta2) * delta * delta
+        eta_norm = eta * math.sqrt(1 - beta2 ** (r + 1)) / (1 - beta1 ** (r + 1))
+        x = x + eta_norm * m / (math.sqrt(v) + tau)
+        out.append(x)
+    return out
+
+
+def reddi_fedadam(eta: float, beta1: float, beta2: float, tau: float) -> list[float]:
+    """Reddi et al.'s Algorithm 2 (FedAdam), in floats: v_{-1} = tau^2, no bias
+    correction."""
+    x, m, v, out = 0.0, 0.0, tau * tau, []
+    for target in TARGETS:
+        delta = target - x
+        m = beta1 * m + (1 - beta1) * delta
+        v = beta2 * v + (1 - beta2) * delta * delta
+        x = x + eta * m / (math.sqrt(v) + tau)
+        out.append(x)
+    return out
+
+
+def fedsim_fedadam(*overrides: str) -> list[float]:
+    strategy = build_strategy(settings("server.strategy=fedadam", *overrides))
+    glob = {"w": torch.tensor(0.0, dtype=F64)}
+    state = strategy.init(glob)
+    out = []
+    for rnd, target in enumerate(TARGETS):  # fedsim's rounds count from 0
+        ups = [update(0, 1, {"w": torch.tensor(target, dtype=F64)})]
+        glob, state = aggregate(strategy, rnd, glob, state, ups)
+        out.append(glob["w"].item())
+    return out
+
+
+def test_bias_corrected_fedadam_follows_flowers_formula_step_by_step() -> None:
+    # tau 1e-9 (Flower's default): fedsim's v0 = tau^2 = 1e-18 vanishes beside d^2.
+    ours = fedsim_fedadam(
+        "server.settings.lr=0.1",
+        "server.settings.tau=0.000000001",
+        "server.settings.bias_correction=true",
+    )
+    flower = flower_fedadam(0.1, 0.9, 0.99, 1e-9)
+    assert ours == pytest.approx(flower, rel=1e-12)
+    # ... and it is not Reddi's: the first step differs by sqrt(1-.99^2)/(1-.9^2)
+    assert ours[0] != pytest.approx(reddi_fedadam(0.1, 0.9, 0.99, 1e-9)[0], rel=0.1)
+
+
+def test_fedadam_without_bias_correction_is_reddis_algorithm_2() -> None:
+    ours = fedsim_fedadam("server.settings.lr=0.1", "server.settings.tau=0.01")
+    assert ours == pytest.approx(reddi_fedadam(0.1, 0.9, 0.99, 0.01), rel=1e-12)

@@ -1,3 +1,6 @@
+import dataclasses
+
+import pytest
 import torch
 
 from fedsim.strategy import build_strategy
@@ -29,9 +32,10 @@ def test_server_half_hand_computed() -> None:
     ]
     # Execute
     new, new_state = aggregate(strategy, 0, glob, state, ups)
-    # Assert: x = (1*1 + 3*4) / 4 = 3.25; c = 0.3 + 2/4 * (0.2 - 0.6)/2 = 0.2
+    # Assert: uniform (the paper's): x = (1 + 4) / 2 = 2.5;
+    # c = 0.3 + 1/4 * (0.2 - 0.6) = 0.2
     assert isinstance(strategy, Scaffold)
-    torch.testing.assert_close(new["w"], torch.tensor([3.25]))
+    torch.testing.assert_close(new["w"], torch.tensor([2.5]))
     torch.testing.assert_close(new_state["c"]["w"], torch.tensor([0.2]))
     assert torch.equal(
         state["c"]["w"], torch.tensor([0.3])
@@ -90,7 +94,7 @@ def textbook(a, b, n, num_clients, x, cohorts, steps, lr):
             new_ci = ci - c + (x - y) / (steps * lr)
             dcs.append(new_ci - ci)
             c_i[i], ys[i] = new_ci, y
-        x = sum(n[i] * ys[i] for i in cohort) / sum(n[i] for i in cohort)
+        x = sum(ys[i] for i in cohort) / len(cohort)  # the paper's: uniform
         c = c + len(cohort) / num_clients * sum(dcs) / len(cohort)
         history.append((x, c, dict(c_i)))
     return history
@@ -121,3 +125,75 @@ def test_two_rounds_on_quadratics_follow_the_textbook_recursion() -> None:
         for i, value in c_i.items():
             assert abs(kept[i]["scaffold"]["w"].item() - value) < 1e-12
     assert set(kept) == {0, 1, 2}
+
+
+def test_the_global_step_size_scales_the_model_step_not_the_control() -> None:
+    # Prepare: one round of the same replies under server.settings.lr 1 and 0.5.
+    def one_round(lr: float) -> tuple[float, float]:
+        strategy = build_strategy(
+            settings(
+                "server.strategy=scaffold",
+                f"server.settings.lr={lr}",
+                "data.num_clients=4",
+                "server.clients_per_round=2",
+            )
+        )
+        glob = {"w": torch.tensor([1.0], dtype=F64)}
+        state = {"c": {"w": torch.tensor([0.3], dtype=F64)}}
+        ups = [
+            update(
+                0,
+                1,
+                {"w": torch.tensor([2.0], dtype=F64)},
+                control={"w": torch.tensor([0.2], dtype=F64)},
+            ),
+            update(
+                1,
+                3,
+                {"w": torch.tensor([4.0], dtype=F64)},
+                control={"w": torch.tensor([-0.6], dtype=F64)},
+            ),
+        ]
+        new, new_state = aggregate(strategy, 0, glob, state, ups)
+        return new["w"].item() - 1.0, new_state["c"]["w"].item()
+
+    # Execute
+    full, c_full = one_round(1.0)
+    half, c_half = one_round(0.5)
+    # Assert: eta_g = 1 moves to the uniform mean 3 (a step of 2); 0.5 half as far.
+    assert full == pytest.approx(2.0, abs=1e-12)
+    assert half == pytest.approx(0.5 * full, abs=1e-12)
+    assert c_half == c_full == pytest.approx(0.3 + (0.2 - 0.6) / 4, abs=1e-12)
+
+
+def test_examples_weighting_weighs_both_averages_by_examples() -> None:
+    # Prepare: N = 4 clients of 1, 3, 2, 2 examples (mean 2); clients 0 and 1 reply.
+    base = settings(
+        "server.strategy=scaffold",
+        "server.weighting=examples",
+        "data.num_clients=4",
+        "server.clients_per_round=2",
+    )
+    strategy = build_strategy(dataclasses.replace(base, client_examples=(1, 3, 2, 2)))
+    glob = {"w": torch.tensor([0.0])}
+    state = {"c": {"w": torch.tensor([0.3])}}
+    ups = [
+        update(0, 1, {"w": torch.tensor([1.0])}, control={"w": torch.tensor([0.2])}),
+        update(1, 3, {"w": torch.tensor([4.0])}, control={"w": torch.tensor([-0.6])}),
+    ]
+    # Execute
+    new, new_state = aggregate(strategy, 0, glob, state, ups)
+    # Assert: x = (1*1 + 3*4) / 4 = 3.25; w_i = n_i / 2:
+    # c = 0.3 + (0.5*0.2 + 1.5*(-0.6)) / 4 = 0.1
+    torch.testing.assert_close(new["w"], torch.tensor([3.25]))
+    torch.testing.assert_close(new_state["c"]["w"], torch.tensor([0.1]))
+
+
+def test_examples_weighting_without_client_sizes_says_what_is_missing() -> None:
+    strategy = build_strategy(
+        settings("server.strategy=scaffold", "server.weighting=examples")
+    )
+    glob = {"w": torch.tensor([0.0])}
+    ups = [update(0, 1, {"w": torch.tensor([1.0])}, control={"w": torch.tensor([0.2])})]
+    with pytest.raises(ValueError, match="needs every client's training examples"):
+        strategy.aggregate_train(0, glob, strategy.init(glob), ups)
