@@ -23,7 +23,6 @@ from fedsim.comm import RoundTraffic
 from fedsim.compress import Wire, without_residual
 from fedsim.config import CommConfig
 from fedsim.messages import (
-    MODEL,
     Channels,
     ClientEval,
     ClientFailure,
@@ -258,10 +257,12 @@ class Driver:
             if isinstance(result, ClientUpdate):
                 # Measured on the encoded upload, not on what the client claims.
                 task = by_id[result.client_id]
-                sent = {**plan.payload, **task.payload}.get(MODEL, {})
-                received = {**payload, **task.payload}.get(MODEL, {})
                 result, sizes = self.wire.receive(
-                    task.round, result, sent, received, self.store.get
+                    task.round,
+                    result,
+                    {**plan.payload, **task.payload},
+                    {**payload, **task.payload},
+                    self.store.get,
                 )
                 outcome.up[result.client_id] = sum(sizes.values())
                 for ch, n in sizes.items():

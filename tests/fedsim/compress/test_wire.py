@@ -9,11 +9,17 @@ import pytest
 import torch
 
 from fedsim.checkpoint import ServerState, load_checkpoint, save_checkpoint
-from fedsim.compress import UPLINK_RESIDUAL, Wire, build_codec
+from fedsim.compress import (
+    UPLINK_RESIDUAL,
+    Wire,
+    build_codec,
+    residual_namespace,
+    without_residual,
+)
 from fedsim.compress.codecs import HEADER_FIXED, Raw
 from fedsim.config import CodecConfig, CommConfig, ConfigError, load_config
 from fedsim.driver import sample_cohort
-from fedsim.messages import MODEL, ClientTask
+from fedsim.messages import MODEL, Channels, ClientTask, ClientUpdate
 from fedsim.params import StateLayout, initial_state
 from fedsim.registry import STRATEGIES
 from fedsim.strategy import state_layout
@@ -57,20 +63,75 @@ def test_uplink_error_feedback_sends_every_delta_eventually(
     torch.testing.assert_close(sent_sum + residual["w"], true_sum)
 
 
-def test_downlink_error_feedback_conserves_the_models_sent() -> None:
+def test_downlink_error_feedback_conserves_every_channel() -> None:
+    """Per channel: sum of what was sent + the final residual = sum of values."""
     down = CodecConfig(codec="int4", scale="tensor", error_feedback=True)
     wire = Wire(CommConfig(downlink=down), seed=0)
     gen = torch.Generator().manual_seed(1)
-    residual: dict[str, torch.Tensor] = {}
-    sent_sum, true_sum = torch.zeros(3, 3), torch.zeros(3, 3)
+    residual: Channels = {}
+    channels = (MODEL, "control")
+    sent_sum = {ch: torch.zeros(3, 3) for ch in channels}
+    true_sum = {ch: torch.zeros(3, 3) for ch in channels}
     for r in range(5):
-        model = torch.randn(3, 3, generator=gen)
-        payload, sizes, residual = wire.download(r, {MODEL: {"w": model}}, residual)
-        sent_sum += payload[MODEL]["w"]
-        true_sum += model
-        # 9 codes, two per byte, one fp32 scale, the (3, 3) header
-        assert sizes == {MODEL: 5 + 4 + HEADER_FIXED + 2 * 4}
-    torch.testing.assert_close(sent_sum + residual["w"], true_sum)
+        values = {ch: torch.randn(3, 3, generator=gen) for ch in channels}
+        payload = {ch: {"w": v} for ch, v in values.items()}
+        steps = torch.tensor([3, 4])
+        payload["steps"] = {"tau": steps}
+        decoded, sizes, residual = wire.download(r, payload, residual)
+        for ch in channels:
+            sent_sum[ch] += decoded[ch]["w"]
+            true_sum[ch] += values[ch]
+        assert decoded["steps"]["tau"] is steps  # an integer channel is not encoded
+        # 9 codes, two per byte, one fp32 scale, the (3, 3) header; steps raw
+        encoded = 5 + 4 + HEADER_FIXED + 2 * 4
+        assert sizes == {MODEL: encoded, "control": encoded, "steps": 16}
+    assert set(residual) == set(channels)
+    for ch in channels:
+        torch.testing.assert_close(sent_sum[ch] + residual[ch]["w"], true_sum[ch])
+
+
+def test_uplink_error_feedback_conserves_every_channel() -> None:
+    """Deltas of the channels received, values of one never sent, each its residual.
+
+    The server sent ``sent``, the client decoded ``received``: the model's
+    delta lands on ``sent``, the control's on ``received``.
+    """
+    wire = Wire(CommConfig(uplink=CodecConfig(codec="topk", fraction=0.3)), seed=5)
+    gen = torch.Generator().manual_seed(2)
+    sent = {ch: {"w": torch.randn(4, 5, generator=gen)} for ch in (MODEL, "control")}
+    received = {ch: {"w": t["w"] + 0.01} for ch, t in sent.items()}  # downlink loss
+    base = {MODEL: sent[MODEL]["w"], "control": received["control"]["w"]}
+    channels = (MODEL, "control", "extra")
+    kept: Channels = {"boring": {"n": torch.tensor(1)}}
+    sent_sum = {ch: torch.zeros(4, 5) for ch in channels}
+    true_sum = {ch: torch.zeros(4, 5) for ch in channels}
+    for r in range(6):
+        true = {ch: torch.randn(4, 5, generator=gen) for ch in channels}
+        upload = {ch: {"w": received[ch]["w"] + true[ch]} for ch in base}
+        upload["extra"] = {"w": true["extra"]}  # a channel the server never sent
+        upload["steps"] = {"tau": torch.tensor(3)}
+        reply = ClientUpdate(
+            client_id=2,
+            upload=upload,
+            num_examples=1,
+            train_loss=0.0,
+            train_seconds=0.0,
+            keep={"boring": kept["boring"]},
+        )
+        got, sizes = wire.receive(r, reply, sent, received, {2: kept}.__getitem__)
+        kept = got.keep
+        for ch in channels:
+            sent_sum[ch] += got.upload[ch]["w"] - base.get(ch, torch.zeros(4, 5))
+            true_sum[ch] += true[ch]
+        assert got.upload["steps"] == upload["steps"] and sizes["steps"] == 8
+        topk = build_codec(CodecConfig(codec="topk", fraction=0.3))
+        assert sizes[MODEL] == topk.encode(true[MODEL]).nbytes
+    assert set(kept) == {"boring", *map(residual_namespace, channels)}
+    assert without_residual(kept).keys() == {"boring"}
+    for ch in channels:
+        left = kept[residual_namespace(ch)]["w"]
+        assert left.abs().sum() > 0  # top-k dropped something to carry
+        torch.testing.assert_close(sent_sum[ch] + left, true_sum[ch])
 
 
 def test_the_driver_measures_the_encoded_upload_and_decodes_it(
