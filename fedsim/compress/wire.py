@@ -171,9 +171,9 @@ class Wire:
         ``received`` None (a channel the server never sent): the values are
         encoded as they are. Otherwise the delta ``trained - received`` is,
         and the decoded values are the server's copy of the upload:
-        ``base + decode(encode(delta + residual))``, where ``base`` is what
-        the server sent (unencoded), ``received`` by default: what the
-        downlink codec lost never enters the server's copy.
+        ``base + decode(encode(delta + residual))``, ``base`` being
+        ``received`` unless given (:meth:`receive` gives the server's own
+        model for the model channel).
         """
         gen = _generator(self.seed, server_round, client_id, channel)
         own = residual if self.up_feedback else None

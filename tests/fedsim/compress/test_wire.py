@@ -213,7 +213,7 @@ PARAMS = ("original", "lowrank", "fedpara", "pfedpara")
 def test_every_strategy_and_parameterization_runs_with_codecs(
     tmp_path: Path, strategy: str, param: str
 ) -> None:
-    """Two rounds, int8 up (error feedback) and down, on the model's own tensors."""
+    """Two rounds, int8 up (error feedback) and down, every channel encoded."""
     over = (f"server.strategy={strategy}", f"model.param={param}")
     cfg = tiny_config(tmp_path, *over)
     model = run_model(cfg)
@@ -230,10 +230,16 @@ def test_every_strategy_and_parameterization_runs_with_codecs(
         assert all(
             torch.isfinite(t.double()).all() for t in state.global_tensors.values()
         )
-    sends = strategy != "local_only"
-    if sends:
+    by_channel = metrics.bytes_by_channel
+    if strategy != "local_only":
         raw_up = 3 * sum(t.nbytes for t in glob.values())
-        assert 0 < metrics.bytes_by_channel["model"]["up"] < 0.5 * raw_up
+        assert 0 < by_channel["model"]["up"] < 0.5 * raw_up
+    if strategy == "scaffold":  # the controls are encoded both ways
+        raw_c = 3 * sum(t.nbytes for t in state.strategy_state["c"].values())
+        assert 0 < by_channel["control"]["down"] < 0.5 * raw_c
+        assert 0 < by_channel["control"]["up"] < 0.5 * raw_c
+    if strategy == "fednova":  # its step counts are integers: they travel raw
+        assert by_channel["steps"] == {"down": 0, "up": 3 * 8}
 
 
 def test_pfedpara_codecs_send_nothing_of_w2(tmp_path: Path) -> None:
