@@ -12,7 +12,8 @@ steps, ``rho`` the clients' momentum and ``p_i = n_i / sum n`` (examples)::
     x        <- x - tau_eff * sum_i p_i (x - y_i) / ||a_i||_1
 
 Every client uploads its step count on channel ``"steps"`` (``{"tau": ()}``,
-a channel the server never sends), counted in the bytes like every channel.
+a channel the server never sends), counted in the bytes like every channel;
+an int32 count, so no codec touches it.
 With equal ``tau_i`` it is FedAvg. Weight decay is not part of ``a_i``.
 
 Example
@@ -58,7 +59,7 @@ class FedNovaClient(ClientAlgorithm):
         self, state: AlgoState, params: Params, steps: int, lr: float
     ) -> ClientOutcome:
         """``{"steps": {"tau": steps}}`` beside the model."""
-        tau = torch.tensor(float(steps), dtype=torch.float32)
+        tau = torch.tensor(steps, dtype=torch.int32)  # a count: travels raw
         return ClientOutcome(
             upload={STEPS: {"tau": tau}}, metrics={"tau": float(steps)}
         )
