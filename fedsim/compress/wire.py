@@ -20,9 +20,10 @@ see plain tensors:
   round, versioned and checkpointed with every kept state), the server's is
   ``ServerState.downlink_residual[ch]``.
 
-Integer tensors (counters, FedNova's step counts) travel raw in every
-direction and are measured raw; so does each per-client payload
-(``TrainPlan.clients``), which no built-in strategy sends.
+A client's own channels (``TrainPlan.clients``) are encoded for it alone
+(:meth:`Wire.download_own`), without error feedback. Integer tensors
+(counters, FedNova's step counts) travel raw in every direction and are
+measured raw.
 
 Example
 -------
@@ -139,19 +140,42 @@ class Wire:
         self, server_round: int, payload: Channels, residual: Channels
     ) -> tuple[dict[str, Tensors], dict[str, int], Channels]:
         """(decoded payload, bytes per channel, next server residual per channel)."""
-        decoded = {ch: dict(t) for ch, t in payload.items()}
-        sizes = {ch: payload_nbytes(t) for ch, t in payload.items()}
         if self.down is _RAW:
-            return decoded, sizes, residual
+            return _as_sent(payload), _sizes(payload), residual
+        own = residual if self.down_feedback else None
+        return self._down(server_round, -1, payload, own)
+
+    def download_own(
+        self, server_round: int, client_id: int, payload: Channels
+    ) -> tuple[dict[str, Tensors], dict[str, int]]:
+        """One client's own channels (``TrainPlan.clients``): (decoded, bytes).
+
+        Encoded like the shared payload, without error feedback: the server
+        keeps one residual per channel, not one per client.
+        """
+        if self.down is _RAW:
+            return _as_sent(payload), _sizes(payload)
+        decoded, sizes, _ = self._down(server_round, client_id, payload, None)
+        return decoded, sizes
+
+    def _down(
+        self,
+        server_round: int,
+        client_id: int,
+        payload: Channels,
+        residual: Channels | None,
+    ) -> tuple[dict[str, Tensors], dict[str, int], Channels]:
+        """Encode every floating channel for ``client_id`` (-1: every client)."""
+        decoded, sizes = _as_sent(payload), _sizes(payload)
         left: dict[str, Tensors] = {}
         for ch, tensors in payload.items():
             if not _floating(tensors):
                 continue  # counters travel raw
-            own = residual.get(ch, {}) if self.down_feedback else None
-            gen = _generator(self.seed, server_round, -1, ch)
+            own = None if residual is None else residual.get(ch, {})
+            gen = _generator(self.seed, server_round, client_id, ch, down=True)
             sent = send(self.down, tensors, own, gen)
             decoded[ch], sizes[ch] = sent.decoded, sent.nbytes
-            if self.down_feedback:
+            if residual is not None:
                 left[ch] = sent.residual
         return decoded, sizes, left
 
@@ -213,7 +237,7 @@ class Wire:
         measured raw: the reply check rejects it. ``kept(client_id)`` is read
         only with error feedback (the client's residuals).
         """
-        sizes = {ch: payload_nbytes(t) for ch, t in update.upload.items()}
+        sizes = _sizes(update.upload)
         if self.up is _RAW or not all(
             _matches(t, received.get(ch)) for ch, t in update.upload.items()
         ):
@@ -264,6 +288,15 @@ def _feedback(cfg: CodecConfig, codec: Codec) -> bool:
     return cfg.error_feedback and codec is not _RAW
 
 
+def _as_sent(payload: Channels) -> dict[str, Tensors]:
+    return {ch: dict(t) for ch, t in payload.items()}
+
+
+def _sizes(channels: Channels) -> dict[str, int]:
+    """Bytes per channel of tensors that travel as they are."""
+    return {ch: payload_nbytes(t) for ch, t in channels.items()}
+
+
 def _floating(tensors: Mapping[str, Tensor]) -> bool:
     return any(t.is_floating_point() for t in tensors.values())
 
@@ -281,15 +314,20 @@ def _matches(
 
 
 def _generator(
-    seed: int, server_round: int, client_id: int, channel: str
+    seed: int, server_round: int, client_id: int, channel: str, *, down: bool = False
 ) -> torch.Generator:
-    """Stochastic rounding's draws, from ``(seed, round, client, channel)``.
+    """Stochastic rounding's draws, from ``(seed, round, client, channel, way)``.
 
-    ``client_id`` -1 is the server. The model channel's draws are those it
-    had before other channels were encoded (same runs, same results).
+    ``client_id`` -1 is the shared download. The shared download and the
+    uploads of the model channel draw what they drew before other channels
+    were encoded (same runs, same results); a client's own download draws
+    apart from its upload.
     """
     entropy = [seed, server_round, client_id + 1, 19]
-    if channel != MODEL:
+    own_download = down and client_id >= 0
+    if channel != MODEL or own_download:
         entropy.append(zlib.crc32(channel.encode()))
+    if own_download:
+        entropy.append(1)
     words = np.random.SeedSequence(entropy)
     return torch.Generator().manual_seed(int(words.generate_state(1)[0]))

@@ -22,7 +22,7 @@ from fedsim.driver import sample_cohort
 from fedsim.messages import MODEL, Channels, ClientTask, ClientUpdate
 from fedsim.params import StateLayout, Tensors, initial_state
 from fedsim.registry import STRATEGIES
-from fedsim.strategy import state_layout
+from fedsim.strategy import ClientPlan, state_layout
 from tests.fedsim.fakes import BoringBackend, boring_driver
 from tests.fixtures import run_model, tiny_config
 
@@ -203,6 +203,29 @@ def test_scaffold_int8_encodes_its_controls_both_ways(
             err = (update.upload["control"][name] - true).abs().max()
             bound = (true - received[name]).abs().max() / 254  # half a step
             assert 0 < err <= bound + 1e-6
+
+
+def test_a_clients_own_channel_is_encoded_for_it_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = BoringBackend()
+    driver, state = boring_driver(tmp_path, backend, *INT8_EF)
+    hint = torch.linspace(-1, 1, 64)  # mostly off int8's grid: it loses a little
+    configure = driver.strategy.configure_train
+
+    def per_client(r, g, s, cohort):  # type: ignore[no-untyped-def]
+        plan = configure(r, g, s, cohort)
+        own = ClientPlan(payload={"hint": {"h": hint}})
+        return dataclasses.replace(plan, clients={cohort[1]: own})
+
+    monkeypatch.setattr(driver.strategy, "configure_train", per_client)
+    _, metrics = driver.run_round(state)
+    int8 = build_codec(CodecConfig(codec="int8"))
+    nbytes = int8.encode(hint).nbytes
+    assert metrics.bytes_by_channel["hint"] == {"down": nbytes, "up": 0}
+    assert [set(t.payload) for t in backend.tasks] == [set(), {"hint"}, set()]
+    err = (backend.tasks[1].payload["hint"]["h"] - hint).abs().max()
+    assert 0 < err <= 1 / 254 + 1e-7  # half a step of scale 1 / 127
 
 
 PARAMS = ("original", "lowrank", "fedpara", "pfedpara")
