@@ -167,7 +167,8 @@ class Wire:
     ) -> tuple[dict[str, Tensors], dict[str, int], Channels]:
         """Encode every floating channel for ``client_id`` (-1: every client)."""
         decoded, sizes = _as_sent(payload), _sizes(payload)
-        left: dict[str, Tensors] = {}
+        # A channel not sent this time keeps its residual for the next.
+        left = {ch: dict(t) for ch, t in (residual or {}).items() if ch not in payload}
         for ch, tensors in payload.items():
             if not _floating(tensors):
                 continue  # counters travel raw
@@ -261,6 +262,9 @@ class Wire:
             upload[ch], sizes[ch] = up.decoded, up.nbytes
             if self.up_feedback:
                 keep[ns] = up.residual
+        for ns, t in state.items():  # a channel not uploaded keeps its residual
+            if _is_residual(ns):
+                keep.setdefault(ns, t)
         return replace(update, upload=upload, keep=keep), sizes
 
 
@@ -275,11 +279,11 @@ def residual_namespace(channel: str) -> str:
 
 def without_residual(kept: Channels) -> Channels:
     """A client's kept state as its training sees it: no codec residual."""
-    return {
-        ns: t
-        for ns, t in kept.items()
-        if ns != UPLINK_RESIDUAL and not ns.startswith(f"{UPLINK_RESIDUAL}.")
-    }
+    return {ns: t for ns, t in kept.items() if not _is_residual(ns)}
+
+
+def _is_residual(namespace: str) -> bool:
+    return namespace == UPLINK_RESIDUAL or namespace.startswith(f"{UPLINK_RESIDUAL}.")
 
 
 def _feedback(cfg: CodecConfig, codec: Codec) -> bool:

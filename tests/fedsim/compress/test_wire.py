@@ -73,19 +73,20 @@ def test_downlink_error_feedback_conserves_every_channel() -> None:
     sent_sum = {ch: torch.zeros(3, 3) for ch in channels}
     true_sum = {ch: torch.zeros(3, 3) for ch in channels}
     for r in range(5):
-        values = {ch: torch.randn(3, 3, generator=gen) for ch in channels}
+        sending = channels if r != 2 else (MODEL,)  # no controls in round 2
+        values = {ch: torch.randn(3, 3, generator=gen) for ch in sending}
         payload = {ch: {"w": v} for ch, v in values.items()}
         steps = torch.tensor([3, 4])
         payload["steps"] = {"tau": steps}
         decoded, sizes, residual = wire.download(r, payload, residual)
-        for ch in channels:
+        for ch in sending:
             sent_sum[ch] += decoded[ch]["w"]
             true_sum[ch] += values[ch]
         assert decoded["steps"]["tau"] is steps  # an integer channel is not encoded
         # 9 codes, two per byte, one fp32 scale, the (3, 3) header; steps raw
         encoded = 5 + 4 + HEADER_FIXED + 2 * 4
-        assert sizes == {MODEL: encoded, "control": encoded, "steps": 16}
-    assert set(residual) == set(channels)
+        assert sizes == {**dict.fromkeys(sending, encoded), "steps": 16}
+        assert set(residual) == set(channels)  # a channel not sent keeps its own
     for ch in channels:
         torch.testing.assert_close(sent_sum[ch] + residual[ch]["w"], true_sum[ch])
 
@@ -110,6 +111,8 @@ def test_uplink_error_feedback_conserves_every_channel() -> None:
         upload = {ch: {"w": received[ch]["w"] + true[ch]} for ch in base}
         upload["extra"] = {"w": true["extra"]}  # a channel the server never sent
         upload["steps"] = {"tau": torch.tensor(3)}
+        if r == 3:  # no controls this time: their residual waits
+            del upload["control"], true["control"]
         reply = ClientUpdate(
             client_id=2,
             upload=upload,
@@ -120,7 +123,7 @@ def test_uplink_error_feedback_conserves_every_channel() -> None:
         )
         got, sizes = wire.receive(r, reply, sent, received, {2: kept}.__getitem__)
         kept = got.keep
-        for ch in channels:
+        for ch in true:
             sent_sum[ch] += got.upload[ch]["w"] - base.get(ch, torch.zeros(4, 5))
             true_sum[ch] += true[ch]
         assert got.upload["steps"] == upload["steps"] and sizes["steps"] == 8
