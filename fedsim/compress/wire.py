@@ -18,12 +18,14 @@ see plain tensors:
   encodes on the same channel: the client's residual of channel ``ch`` is
   the kept-state namespace :func:`residual_namespace` (committed with the
   round, versioned and checkpointed with every kept state), the server's is
-  ``ServerState.downlink_residual[ch]``.
+  ``ServerState.downlink_residual[ch]``; a channel not sent in a round keeps
+  its residual for the next.
 
 A client's own channels (``TrainPlan.clients``) are encoded for it alone
 (:meth:`Wire.download_own`), without error feedback. Integer tensors
 (counters, FedNova's step counts) travel raw in every direction and are
-measured raw.
+measured raw: a channel of integers only as it is (no header), an integer
+tensor in a floating channel with its header.
 
 Example
 -------
