@@ -31,6 +31,7 @@ import torch
 
 from fedsim.comm import Ledger, RoundTotals
 from fedsim.config import Config, ConfigError
+from fedsim.messages import MODEL, Channels
 from fedsim.params import Tensors
 from fedsim.strategy import EvalMetrics, StrategyState
 from fedsim.tracking import flatten
@@ -52,8 +53,9 @@ class ServerState:
     best_personal_accuracy: float | None = None
     last_eval: EvalMetrics | None = None
     wall_seconds: float = 0.0  # of the whole run up to its last checkpoint
-    # What the downlink codec dropped, added back next round (error feedback).
-    downlink_residual: Tensors = field(default_factory=dict)
+    # What the downlink codec dropped per channel, added back next round
+    # (error feedback).
+    downlink_residual: Channels = field(default_factory=dict)
     trained: frozenset[int] = frozenset()  # clients aggregated at least once
 
     def advance(
@@ -63,7 +65,7 @@ class ServerState:
         strategy_state: StrategyState,
         ledger: Ledger,
         evaluation: EvalMetrics | None,
-        downlink_residual: Tensors | None = None,
+        downlink_residual: Channels | None = None,
         trained: frozenset[int] | None = None,
     ) -> ServerState:
         """The state after this round (``trained``: None keeps the set)."""
@@ -120,7 +122,7 @@ def save_checkpoint(
         "best_personal_accuracy": state.best_personal_accuracy,
         "last_eval": None if state.last_eval is None else vars(state.last_eval),
         "wall_seconds": state.wall_seconds,
-        "downlink_residual": dict(state.downlink_residual),
+        "downlink_residual": {ch: dict(t) for ch, t in state.downlink_residual.items()},
         "trained": sorted(state.trained),
     }
     tmp = path.with_suffix(".tmp")
@@ -186,6 +188,17 @@ def load_checkpoint(run_dir: Path, config: Mapping[str, Any]) -> ServerState:
         if blob["last_eval"] is None
         else EvalMetrics(**blob["last_eval"]),
         wall_seconds=float(blob["wall_seconds"]),
-        downlink_residual=dict(blob.get("downlink_residual", {})),
+        downlink_residual=_residual(blob.get("downlink_residual", {})),
         trained=frozenset(int(c) for c in blob.get("trained", ())),
     )
+
+
+def _residual(saved: Mapping[str, Any]) -> Channels:
+    """The downlink residual per channel; a flat one is the model channel's.
+
+    Checkpoints written before every channel was encoded keep the model
+    channel's residual as flat tensors.
+    """
+    if any(isinstance(t, torch.Tensor) for t in saved.values()):
+        return {MODEL: dict(saved)}
+    return {ch: dict(t) for ch, t in saved.items()}

@@ -198,7 +198,7 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class CodecConfig:
-    """How the model travels in one direction (see :mod:`fedsim.compress`).
+    """How every floating channel travels in one direction (:mod:`fedsim.compress`).
 
     ``codec``: none, fp16, bf16, int8, int4 (uniform quantization), topk or
     sign. ``scale``: one quantization scale per ``row`` (first dimension) or
@@ -216,7 +216,7 @@ class CodecConfig:
 
 @dataclass(frozen=True)
 class CommConfig:
-    """Encodings of the model channel: uploads (deltas) and downloads (the model)."""
+    """Encodings of what travels: uploads (deltas) and downloads (values)."""
 
     uplink: CodecConfig = field(default_factory=CodecConfig)
     downlink: CodecConfig = field(default_factory=CodecConfig)

@@ -23,14 +23,13 @@ from fedsim.comm import RoundTraffic
 from fedsim.compress import Wire, without_residual
 from fedsim.config import CommConfig
 from fedsim.messages import (
-    MODEL,
     Channels,
     ClientEval,
     ClientFailure,
     ClientTask,
     ClientUpdate,
 )
-from fedsim.params import Tensors, payload_nbytes
+from fedsim.params import Tensors
 from fedsim.state import ClientStateStore
 from fedsim.strategy import Aggregate, EvalMetrics, Strategy, TrainPlan
 from fedsim.strategy.replies import reply_problem
@@ -155,13 +154,16 @@ class Driver:
             r, state.global_tensors, state.strategy_state, cohort
         )
         tasks = self._tasks(r, cohort, plan)
-        # What travels down is encoded once; clients get its decoded values.
+        # What travels down is encoded once (a client's own channels for it);
+        # clients get the decoded values.
         payload, shared_sizes, down_residual = self.wire.download(
             r, plan.payload, state.downlink_residual
         )
         down, down_by_channel = {}, Counter[str]()
-        for t in tasks:
-            sizes = {**shared_sizes, **_channel_bytes(t.payload)}
+        for i, t in enumerate(tasks):
+            own, own_sizes = self.wire.download_own(r, t.client_id, t.payload)
+            tasks[i] = replace(t, payload=own)
+            sizes = {**shared_sizes, **own_sizes}
             down[t.client_id] = sum(sizes.values())
             down_by_channel.update(sizes)
         # --- execute and aggregate, again while too few clients succeed ---
@@ -262,10 +264,13 @@ class Driver:
             if isinstance(result, ClientUpdate):
                 # Measured on the encoded upload, not on what the client claims.
                 task = by_id[result.client_id]
-                sent = {**plan.payload, **task.payload}.get(MODEL, {})
-                received = {**payload, **task.payload}.get(MODEL, {})
+                own = plan.clients.get(task.client_id)
                 result, sizes = self.wire.receive(
-                    task.round, result, sent, received, self.store.get
+                    task.round,
+                    result,
+                    {**plan.payload, **(own.payload if own else {})},
+                    {**payload, **task.payload},
+                    self.store.get,
                 )
                 outcome.up[result.client_id] = sum(sizes.values())
                 for ch, n in sizes.items():
@@ -338,11 +343,6 @@ class Driver:
             else:
                 personal.append(result)
         return personal
-
-
-def _channel_bytes(channels: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
-    """Bytes of each channel of a payload or an upload."""
-    return {ch: payload_nbytes(t) for ch, t in channels.items()}
 
 
 def _client_rows(

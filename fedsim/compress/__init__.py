@@ -1,12 +1,18 @@
-"""Encodings of what travels: codecs, error feedback and the model channel on the wire.
+"""Encodings of what travels: codecs, error feedback and every channel on the wire.
 
 :mod:`fedsim.compress.codecs` holds the codecs (tensor -> wire buffers ->
-tensor); :mod:`fedsim.compress.wire` applies them to the model channel of a
-round, both directions, with error feedback.
+tensor); :mod:`fedsim.compress.wire` applies them to every floating channel of
+a round, both directions, with error feedback per channel.
 """
 
 from fedsim.compress.codecs import Codec, Encoded
-from fedsim.compress.wire import UPLINK_RESIDUAL, Wire, build_codec, without_residual
+from fedsim.compress.wire import (
+    UPLINK_RESIDUAL,
+    Wire,
+    build_codec,
+    residual_namespace,
+    without_residual,
+)
 
 __all__ = [
     "UPLINK_RESIDUAL",
@@ -14,5 +20,6 @@ __all__ = [
     "Encoded",
     "Wire",
     "build_codec",
+    "residual_namespace",
     "without_residual",
 ]

@@ -1,23 +1,31 @@
-"""The model channel on the wire: encoded, measured and decoded at the boundary.
+"""Every channel on the wire: encoded, measured and decoded at the boundary.
 
 The driver hands every round's download to :meth:`Wire.download` and every
-reply to :meth:`Wire.receive`; both encode with the direction's codec, measure
-the encoded buffers (the bytes that count) and decode, so the clients, the
-reply check and the strategy only ever see plain tensors:
+reply to :meth:`Wire.receive`; both encode each floating channel (the model,
+SCAFFOLD's controls, any channel a strategy sends or a client uploads) with
+the direction's codec, measure the encoded buffers per channel (the bytes that
+count) and decode, so the clients, the reply check and the strategy only ever
+see plain tensors:
 
-- downloads encode the global model itself (every client gets the same
-  bytes; a delta would need to know what each client last received);
-- uploads encode the client's delta to the model it received, and the
-  server's copy of the upload is that model plus the decoded delta;
+- downloads encode each channel's values (every client gets the same bytes;
+  a delta would need to know what each client last received);
+- an upload of a channel the client also received encodes the delta to what
+  it received; the server's copy of the model is its own model plus the
+  decoded delta, of any other channel what the client received plus the
+  decoded delta (the value the client computed); a channel the server never
+  sent is encoded as a value;
 - with error feedback, what a codec dropped is added to the next value it
-  encodes: the client's residual is a kept-state namespace
-  (:data:`UPLINK_RESIDUAL`, committed with the round, versioned and
-  checkpointed with every kept state), the server's is part of the server
-  state.
+  encodes on the same channel: the client's residual of channel ``ch`` is
+  the kept-state namespace :func:`residual_namespace` (committed with the
+  round, versioned and checkpointed with every kept state), the server's is
+  ``ServerState.downlink_residual[ch]``; a channel not sent in a round keeps
+  its residual for the next.
 
-Only floating tensors of the ``"model"`` channel are encoded; integer
-tensors (counters) and every other channel (SCAFFOLD's controls) travel as
-they are, and are measured as they are.
+A client's own channels (``TrainPlan.clients``) are encoded for it alone
+(:meth:`Wire.download_own`), without error feedback. Integer tensors
+(counters, FedNova's step counts) travel raw in every direction and are
+measured raw: a channel of integers only as it is (no header), an integer
+tensor in a floating channel with its header.
 
 Example
 -------
@@ -28,10 +36,13 @@ Example
 ...                       {"w": torch.zeros(2, 2)}, residual={})
 >>> sent.nbytes  # 4 one-byte codes + one fp32 scale + a 12-byte header
 20
+>>> residual_namespace("model"), residual_namespace("control")
+('uplink_residual', 'uplink_residual.control')
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
@@ -45,7 +56,10 @@ from fedsim.messages import MODEL, Channels, ClientUpdate
 from fedsim.params import Tensors, is_finite, payload_nbytes
 
 UPLINK_RESIDUAL = "uplink_residual"
-"""The kept-state namespace of a client's error-feedback residual."""
+"""The kept-state namespace of a client's error-feedback residual (model channel).
+
+Another channel's is ``uplink_residual.<channel>``: :func:`residual_namespace`.
+"""
 
 _RAW = Raw()
 
@@ -115,7 +129,7 @@ def send(
 
 
 class Wire:
-    """The two directions of the model channel for one run."""
+    """The two directions of every channel for one run."""
 
     def __init__(self, comm: CommConfig, seed: int) -> None:
         self.seed = seed
@@ -125,20 +139,48 @@ class Wire:
 
     # ------------------------------------------------------------ downlink
     def download(
-        self, server_round: int, payload: Channels, residual: Tensors
-    ) -> tuple[dict[str, Tensors], dict[str, int], Tensors]:
-        """(decoded payload, bytes per channel, next server residual)."""
-        sizes = {ch: payload_nbytes(t) for ch, t in payload.items()}
-        if MODEL not in payload or self.down is _RAW:
-            return {ch: dict(t) for ch, t in payload.items()}, sizes, residual
-        gen = _generator(self.seed, server_round, -1)
-        sent = send(
-            self.down, payload[MODEL], residual if self.down_feedback else None, gen
-        )
-        sizes[MODEL] = sent.nbytes
-        decoded = {ch: dict(t) for ch, t in payload.items()}
-        decoded[MODEL] = sent.decoded
-        return decoded, sizes, sent.residual
+        self, server_round: int, payload: Channels, residual: Channels
+    ) -> tuple[dict[str, Tensors], dict[str, int], Channels]:
+        """(decoded payload, bytes per channel, next server residual per channel)."""
+        if self.down is _RAW:
+            return _as_sent(payload), _sizes(payload), residual
+        own = residual if self.down_feedback else None
+        return self._down(server_round, -1, payload, own)
+
+    def download_own(
+        self, server_round: int, client_id: int, payload: Channels
+    ) -> tuple[dict[str, Tensors], dict[str, int]]:
+        """One client's own channels (``TrainPlan.clients``): (decoded, bytes).
+
+        Encoded like the shared payload, without error feedback: the server
+        keeps one residual per channel, not one per client.
+        """
+        if self.down is _RAW:
+            return _as_sent(payload), _sizes(payload)
+        decoded, sizes, _ = self._down(server_round, client_id, payload, None)
+        return decoded, sizes
+
+    def _down(
+        self,
+        server_round: int,
+        client_id: int,
+        payload: Channels,
+        residual: Channels | None,
+    ) -> tuple[dict[str, Tensors], dict[str, int], Channels]:
+        """Encode every floating channel for ``client_id`` (-1: every client)."""
+        decoded, sizes = _as_sent(payload), _sizes(payload)
+        # A channel not sent this time keeps its residual for the next.
+        left = {ch: dict(t) for ch, t in (residual or {}).items() if ch not in payload}
+        for ch, tensors in payload.items():
+            if not _floating(tensors):
+                continue  # counters travel raw
+            own = None if residual is None else residual.get(ch, {})
+            gen = _generator(self.seed, server_round, client_id, ch, down=True)
+            sent = send(self.down, tensors, own, gen)
+            decoded[ch], sizes[ch] = sent.decoded, sent.nbytes
+            if residual is not None:
+                left[ch] = sent.residual
+        return decoded, sizes, left
 
     # ------------------------------------------------------------ uplink
     def encode_up(
@@ -146,67 +188,104 @@ class Wire:
         server_round: int,
         client_id: int,
         trained: Mapping[str, Tensor],
-        received: Mapping[str, Tensor],
+        received: Mapping[str, Tensor] | None,
         residual: Mapping[str, Tensor],
         base: Mapping[str, Tensor] | None = None,
+        channel: str = MODEL,
     ) -> Sent:
-        """The client's delta ``trained - received`` through the uplink codec.
+        """One channel of an upload through the uplink codec.
 
-        The decoded values are the server's copy of the upload:
-        ``base + decode(encode(delta + residual))``, where ``base`` is the
-        server's own (unencoded) model, ``received`` by default: what the
-        downlink codec lost never enters the server's model.
+        ``received`` None (a channel the server never sent): the values are
+        encoded as they are. Otherwise the delta ``trained - received`` is,
+        and the decoded values are the server's copy of the upload:
+        ``base + decode(encode(delta + residual))``, ``base`` being
+        ``received`` unless given (:meth:`receive` gives the server's own
+        model for the model channel).
         """
+        gen = _generator(self.seed, server_round, client_id, channel)
+        own = residual if self.up_feedback else None
+        if received is None:
+            return send(self.up, trained, own, gen)
         base = received if base is None else base
         delta = {
             n: t - received[n] if t.is_floating_point() else t
             for n, t in trained.items()
         }
-        gen = _generator(self.seed, server_round, client_id)
-        sent = send(self.up, delta, residual if self.up_feedback else None, gen)
-        model = {
+        sent = send(self.up, delta, own, gen)
+        values = {
             n: base[n] + d if d.is_floating_point() else d
             for n, d in sent.decoded.items()
         }
-        return replace(sent, decoded=model)
+        return replace(sent, decoded=values)
 
     def receive(
         self,
         server_round: int,
         update: ClientUpdate,
-        sent: Mapping[str, Tensor],
-        received: Mapping[str, Tensor],
+        sent: Channels,
+        received: Channels,
         kept: Callable[[int], Channels],
     ) -> tuple[ClientUpdate, dict[str, int]]:
         """The reply as the server decodes it, and its measured bytes per channel.
 
-        ``sent`` is the model the server encoded for this client, ``received``
-        what the client decoded: the client's delta is taken from the latter
-        and added to the former.
+        ``sent`` is what the server encoded for this client, ``received`` what
+        the client decoded, per channel: an uploaded channel's delta is taken
+        from the latter. The model's is added to the former (what the
+        downlink codec lost never enters the global model); any other
+        channel's to the latter, so the server gets the value the client
+        computed (SCAFFOLD's ``dc_i``) within the uplink codec's error.
 
-        A reply whose model does not match what the client received (names,
-        shapes, non-finite values) is passed on as it came, measured raw: the
-        reply check rejects it. ``kept(client_id)`` is read only with error
-        feedback (the client's residual).
+        A reply with a channel that does not match what the client received
+        (names, shapes) or with non-finite values is passed on as it came,
+        measured raw: the reply check rejects it. ``kept(client_id)`` is read
+        only with error feedback (the client's residuals).
         """
-        sizes = {ch: payload_nbytes(t) for ch, t in update.upload.items()}
-        model = update.upload.get(MODEL)
-        if self.up is _RAW or model is None or not _matches(model, received):
+        sizes = _sizes(update.upload)
+        if self.up is _RAW or not all(
+            _matches(t, received.get(ch)) for ch, t in update.upload.items()
+        ):
             return update, sizes
         cid = update.client_id
-        residual = kept(cid).get(UPLINK_RESIDUAL, {}) if self.up_feedback else {}
-        up = self.encode_up(server_round, cid, model, received, residual, sent)
-        sizes[MODEL] = up.nbytes
-        keep = dict(update.keep)
-        if self.up_feedback:
-            keep[UPLINK_RESIDUAL] = up.residual
-        upload = {**update.upload, MODEL: up.decoded}
+        state = kept(cid) if self.up_feedback else {}
+        upload, keep = dict(update.upload), dict(update.keep)
+        for ch, tensors in update.upload.items():
+            if not _floating(tensors):
+                continue  # counters travel raw
+            ns = residual_namespace(ch)
+            up = self.encode_up(
+                server_round,
+                cid,
+                tensors,
+                received.get(ch),
+                state.get(ns, {}),
+                sent.get(ch) if ch == MODEL else None,
+                channel=ch,
+            )
+            upload[ch], sizes[ch] = up.decoded, up.nbytes
+            if self.up_feedback:
+                keep[ns] = up.residual
+        for ns, t in state.items():  # a channel not uploaded keeps its residual
+            if _is_residual(ns):
+                keep.setdefault(ns, t)
         return replace(update, upload=upload, keep=keep), sizes
+
+
+def residual_namespace(channel: str) -> str:
+    """The kept-state namespace of a client's uplink residual on ``channel``.
+
+    The model channel's is :data:`UPLINK_RESIDUAL`, the name it had before
+    other channels were encoded, so client stores written then resume exactly.
+    """
+    return UPLINK_RESIDUAL if channel == MODEL else f"{UPLINK_RESIDUAL}.{channel}"
 
 
 def without_residual(kept: Channels) -> Channels:
     """A client's kept state as its training sees it: no codec residual."""
-    return {ns: t for ns, t in kept.items() if ns != UPLINK_RESIDUAL}
+    return {ns: t for ns, t in kept.items() if not _is_residual(ns)}
+
+
+def _is_residual(namespace: str) -> bool:
+    return namespace == UPLINK_RESIDUAL or namespace.startswith(f"{UPLINK_RESIDUAL}.")
 
 
 def _feedback(cfg: CodecConfig, codec: Codec) -> bool:
@@ -215,15 +294,46 @@ def _feedback(cfg: CodecConfig, codec: Codec) -> bool:
     return cfg.error_feedback and codec is not _RAW
 
 
-def _matches(model: Mapping[str, Tensor], received: Mapping[str, Tensor]) -> bool:
-    return (
-        set(model) == set(received)
-        and all(model[n].shape == received[n].shape for n in model)
-        and is_finite(model)
+def _as_sent(payload: Channels) -> dict[str, Tensors]:
+    return {ch: dict(t) for ch, t in payload.items()}
+
+
+def _sizes(channels: Channels) -> dict[str, int]:
+    """Bytes per channel of tensors that travel as they are."""
+    return {ch: payload_nbytes(t) for ch, t in channels.items()}
+
+
+def _floating(tensors: Mapping[str, Tensor]) -> bool:
+    return any(t.is_floating_point() for t in tensors.values())
+
+
+def _matches(
+    upload: Mapping[str, Tensor], received: Mapping[str, Tensor] | None
+) -> bool:
+    """Finite, and shaped as what the client received of the channel (if any)."""
+    if received is None:
+        return is_finite(upload)
+    shaped = all(
+        n in received and t.shape == received[n].shape for n, t in upload.items()
     )
+    return shaped and is_finite(upload)
 
 
-def _generator(seed: int, server_round: int, client_id: int) -> torch.Generator:
-    """Stochastic rounding's draws, from ``(seed, round, client)`` (-1: server)."""
-    words = np.random.SeedSequence([seed, server_round, client_id + 1, 19])
+def _generator(
+    seed: int, server_round: int, client_id: int, channel: str, *, down: bool = False
+) -> torch.Generator:
+    """Stochastic rounding's draws, from ``(seed, round, client, channel, way)``.
+
+    ``client_id`` -1 is the shared download. The shared download and the
+    uploads of the model channel draw what they drew before other channels
+    were encoded (same runs, same results); a client's own download draws
+    apart from its upload.
+    """
+    entropy = [seed, server_round, client_id + 1, 19]
+    own_download = down and client_id >= 0
+    if channel != MODEL or own_download:
+        entropy.append(zlib.crc32(channel.encode()))
+    if own_download:
+        entropy.append(1)
+    words = np.random.SeedSequence(entropy)
     return torch.Generator().manual_seed(int(words.generate_state(1)[0]))

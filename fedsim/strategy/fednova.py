@@ -13,7 +13,8 @@ paper's; ``server.weighting: uniform`` sets ``p_i = 1/|S|``)::
     x        <- x - tau_eff * sum_i p_i (x - y_i) / ||a_i||_1
 
 Every client uploads its step count on channel ``"steps"`` (``{"tau": ()}``,
-a channel the server never sends), counted in the bytes like every channel.
+a channel the server never sends), counted in the bytes like every channel;
+an int32 count, so no codec touches it.
 With equal ``tau_i`` it is FedAvg. Weight decay is not part of ``a_i``.
 
 Example
@@ -59,7 +60,7 @@ class FedNovaClient(ClientAlgorithm):
         self, state: AlgoState, params: Params, steps: int, lr: float
     ) -> ClientOutcome:
         """``{"steps": {"tau": steps}}`` beside the model."""
-        tau = torch.tensor(float(steps), dtype=torch.float32)
+        tau = torch.tensor(steps, dtype=torch.int32)  # a count: travels raw
         return ClientOutcome(
             upload={STEPS: {"tau": tau}}, metrics={"tau": float(steps)}
         )

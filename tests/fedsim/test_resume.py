@@ -54,8 +54,16 @@ def crash_after(cfg_dir: Path, rounds_done: int, *overrides: str) -> Path:
             "comm.downlink.codec=int8",
             "comm.downlink.error_feedback=true",
         ),
+        (  # controls encoded both ways: residuals per channel on both sides
+            "server.strategy=scaffold",
+            "comm.uplink.codec=int8",
+            "comm.uplink.stochastic=true",
+            "comm.uplink.error_feedback=true",
+            "comm.downlink.codec=int8",
+            "comm.downlink.error_feedback=true",
+        ),
     ],
-    ids=["pfedpara", "fedadam", "scaffold", "pfedpara-int8"],
+    ids=["pfedpara", "fedadam", "scaffold", "pfedpara-int8", "scaffold-int8"],
 )
 def test_crash_between_checkpoints_resumes_exactly(
     tmp_path: Path, overrides: tuple[str, ...]

@@ -9,14 +9,20 @@ import pytest
 import torch
 
 from fedsim.checkpoint import ServerState, load_checkpoint, save_checkpoint
-from fedsim.compress import UPLINK_RESIDUAL, Wire, build_codec
+from fedsim.compress import (
+    UPLINK_RESIDUAL,
+    Wire,
+    build_codec,
+    residual_namespace,
+    without_residual,
+)
 from fedsim.compress.codecs import HEADER_FIXED, Raw
 from fedsim.config import CodecConfig, CommConfig, ConfigError, load_config
 from fedsim.driver import sample_cohort
-from fedsim.messages import MODEL, ClientTask
-from fedsim.params import StateLayout, initial_state
+from fedsim.messages import MODEL, Channels, ClientTask, ClientUpdate
+from fedsim.params import StateLayout, Tensors, initial_state
 from fedsim.registry import STRATEGIES
-from fedsim.strategy import state_layout
+from fedsim.strategy import ClientPlan, state_layout
 from tests.fedsim.fakes import BoringBackend, boring_driver
 from tests.fixtures import run_model, tiny_config
 
@@ -57,20 +63,78 @@ def test_uplink_error_feedback_sends_every_delta_eventually(
     torch.testing.assert_close(sent_sum + residual["w"], true_sum)
 
 
-def test_downlink_error_feedback_conserves_the_models_sent() -> None:
+def test_downlink_error_feedback_conserves_every_channel() -> None:
+    """Per channel: sum of what was sent + the final residual = sum of values."""
     down = CodecConfig(codec="int4", scale="tensor", error_feedback=True)
     wire = Wire(CommConfig(downlink=down), seed=0)
     gen = torch.Generator().manual_seed(1)
-    residual: dict[str, torch.Tensor] = {}
-    sent_sum, true_sum = torch.zeros(3, 3), torch.zeros(3, 3)
+    residual: Channels = {}
+    channels = (MODEL, "control")
+    sent_sum = {ch: torch.zeros(3, 3) for ch in channels}
+    true_sum = {ch: torch.zeros(3, 3) for ch in channels}
     for r in range(5):
-        model = torch.randn(3, 3, generator=gen)
-        payload, sizes, residual = wire.download(r, {MODEL: {"w": model}}, residual)
-        sent_sum += payload[MODEL]["w"]
-        true_sum += model
-        # 9 codes, two per byte, one fp32 scale, the (3, 3) header
-        assert sizes == {MODEL: 5 + 4 + HEADER_FIXED + 2 * 4}
-    torch.testing.assert_close(sent_sum + residual["w"], true_sum)
+        sending = channels if r != 2 else (MODEL,)  # no controls in round 2
+        values = {ch: torch.randn(3, 3, generator=gen) for ch in sending}
+        payload = {ch: {"w": v} for ch, v in values.items()}
+        steps = torch.tensor([3, 4])
+        payload["steps"] = {"tau": steps}
+        decoded, sizes, residual = wire.download(r, payload, residual)
+        for ch in sending:
+            sent_sum[ch] += decoded[ch]["w"]
+            true_sum[ch] += values[ch]
+        assert decoded["steps"]["tau"] is steps  # an integer channel is not encoded
+        # 9 codes, two per byte, one fp32 scale, the (3, 3) header; steps raw
+        encoded = 5 + 4 + HEADER_FIXED + 2 * 4
+        assert sizes == {**dict.fromkeys(sending, encoded), "steps": 16}
+        assert set(residual) == set(channels)  # a channel not sent keeps its own
+    for ch in channels:
+        torch.testing.assert_close(sent_sum[ch] + residual[ch]["w"], true_sum[ch])
+
+
+def test_uplink_error_feedback_conserves_every_channel() -> None:
+    """Deltas of the channels received, values of one never sent, each its residual.
+
+    The server sent ``sent``, the client decoded ``received``: the model's
+    delta lands on ``sent``, the control's on ``received``.
+    """
+    wire = Wire(CommConfig(uplink=CodecConfig(codec="topk", fraction=0.3)), seed=5)
+    gen = torch.Generator().manual_seed(2)
+    sent = {ch: {"w": torch.randn(4, 5, generator=gen)} for ch in (MODEL, "control")}
+    received = {ch: {"w": t["w"] + 0.01} for ch, t in sent.items()}  # downlink loss
+    base = {MODEL: sent[MODEL]["w"], "control": received["control"]["w"]}
+    channels = (MODEL, "control", "extra")
+    kept: Channels = {"boring": {"n": torch.tensor(1)}}
+    sent_sum = {ch: torch.zeros(4, 5) for ch in channels}
+    true_sum = {ch: torch.zeros(4, 5) for ch in channels}
+    for r in range(6):
+        true = {ch: torch.randn(4, 5, generator=gen) for ch in channels}
+        upload = {ch: {"w": received[ch]["w"] + true[ch]} for ch in base}
+        upload["extra"] = {"w": true["extra"]}  # a channel the server never sent
+        upload["steps"] = {"tau": torch.tensor(3)}
+        if r == 3:  # no controls this time: their residual waits
+            del upload["control"], true["control"]
+        reply = ClientUpdate(
+            client_id=2,
+            upload=upload,
+            num_examples=1,
+            train_loss=0.0,
+            train_seconds=0.0,
+            keep={"boring": kept["boring"]},
+        )
+        got, sizes = wire.receive(r, reply, sent, received, {2: kept}.__getitem__)
+        kept = got.keep
+        for ch in true:
+            sent_sum[ch] += got.upload[ch]["w"] - base.get(ch, torch.zeros(4, 5))
+            true_sum[ch] += true[ch]
+        assert got.upload["steps"] == upload["steps"] and sizes["steps"] == 8
+        topk = build_codec(CodecConfig(codec="topk", fraction=0.3))
+        assert sizes[MODEL] == topk.encode(true[MODEL]).nbytes
+    assert set(kept) == {"boring", *map(residual_namespace, channels)}
+    assert without_residual(kept).keys() == {"boring"}
+    for ch in channels:
+        left = kept[residual_namespace(ch)]["w"]
+        assert left.abs().sum() > 0  # top-k dropped something to carry
+        torch.testing.assert_close(sent_sum[ch] + left, true_sum[ch])
 
 
 def test_the_driver_measures_the_encoded_upload_and_decodes_it(
@@ -104,6 +168,69 @@ def test_the_driver_measures_the_encoded_upload_and_decodes_it(
     assert all(UPLINK_RESIDUAL not in driver._kept(c) for c in cohort)
 
 
+def test_scaffold_int8_encodes_its_controls_both_ways(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Controls: ~4x fewer bytes each way, dc_i decoded within int8's error."""
+    sent: dict[int, Tensors] = {}  # each client's dc_i, before the wire
+
+    def record(task: ClientTask, result):  # type: ignore[no-untyped-def]
+        sent[task.client_id] = result.upload["control"]
+        return result
+
+    driver, _ = boring_driver(
+        tmp_path, BoringBackend(record), "server.strategy=scaffold", *INT8_EF
+    )
+    gen = torch.Generator().manual_seed(0)
+    glob = {"w": torch.randn(64, 32, generator=gen), "n": torch.tensor(5)}
+    glob["b"] = torch.randn(64, generator=gen)
+    c = {"w": torch.randn(64, 32, generator=gen), "b": torch.randn(64, generator=gen)}
+    seen: list[ClientUpdate] = []  # what the strategy aggregates
+    aggregate = driver.strategy.aggregate_train
+
+    def spy(r, g, s, updates):  # type: ignore[no-untyped-def]
+        seen.extend(updates)
+        return aggregate(r, g, s, updates)
+
+    monkeypatch.setattr(driver.strategy, "aggregate_train", spy)
+    state = ServerState(round=0, global_tensors=glob, strategy_state={"c": c})
+    _, metrics = driver.run_round(state)
+    int8 = build_codec(CodecConfig(codec="int8"))
+    one = sum(int8.encode(t).nbytes for t in c.values())
+    assert metrics.bytes_by_channel["control"] == {"down": 3 * one, "up": 3 * one}
+    assert one < 0.26 * sum(t.nbytes for t in c.values())
+    received = {n: int8.decode(int8.encode(t)) for n, t in c.items()}
+    assert len(seen) == 3
+    for update in seen:
+        for name, true in sent[update.client_id].items():
+            err = (update.upload["control"][name] - true).abs().max()
+            bound = (true - received[name]).abs().max() / 254  # half a step
+            assert 0 < err <= bound + 1e-6
+
+
+def test_a_clients_own_channel_is_encoded_for_it_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = BoringBackend()
+    driver, state = boring_driver(tmp_path, backend, *INT8_EF)
+    hint = torch.linspace(-1, 1, 64)  # mostly off int8's grid: it loses a little
+    configure = driver.strategy.configure_train
+
+    def per_client(r, g, s, cohort):  # type: ignore[no-untyped-def]
+        plan = configure(r, g, s, cohort)
+        own = ClientPlan(payload={"hint": {"h": hint}})
+        return dataclasses.replace(plan, clients={cohort[1]: own})
+
+    monkeypatch.setattr(driver.strategy, "configure_train", per_client)
+    _, metrics = driver.run_round(state)
+    int8 = build_codec(CodecConfig(codec="int8"))
+    nbytes = int8.encode(hint).nbytes
+    assert metrics.bytes_by_channel["hint"] == {"down": nbytes, "up": 0}
+    assert [set(t.payload) for t in backend.tasks] == [set(), {"hint"}, set()]
+    err = (backend.tasks[1].payload["hint"]["h"] - hint).abs().max()
+    assert 0 < err <= 1 / 254 + 1e-7  # half a step of scale 1 / 127
+
+
 PARAMS = ("original", "lowrank", "fedpara", "pfedpara")
 
 
@@ -112,7 +239,7 @@ PARAMS = ("original", "lowrank", "fedpara", "pfedpara")
 def test_every_strategy_and_parameterization_runs_with_codecs(
     tmp_path: Path, strategy: str, param: str
 ) -> None:
-    """Two rounds, int8 up (error feedback) and down, on the model's own tensors."""
+    """Two rounds, int8 up (error feedback) and down, every channel encoded."""
     over = (f"server.strategy={strategy}", f"model.param={param}")
     cfg = tiny_config(tmp_path, *over)
     model = run_model(cfg)
@@ -129,10 +256,16 @@ def test_every_strategy_and_parameterization_runs_with_codecs(
         assert all(
             torch.isfinite(t.double()).all() for t in state.global_tensors.values()
         )
-    sends = strategy != "local_only"
-    if sends:
+    by_channel = metrics.bytes_by_channel
+    if strategy != "local_only":
         raw_up = 3 * sum(t.nbytes for t in glob.values())
-        assert 0 < metrics.bytes_by_channel["model"]["up"] < 0.5 * raw_up
+        assert 0 < by_channel["model"]["up"] < 0.5 * raw_up
+    if strategy == "scaffold":  # the controls are encoded both ways
+        raw_c = 3 * sum(t.nbytes for t in state.strategy_state["c"].values())
+        assert 0 < by_channel["control"]["down"] < 0.5 * raw_c
+        assert 0 < by_channel["control"]["up"] < 0.5 * raw_c
+    if strategy == "fednova":  # its step counts are integers: they travel raw
+        assert by_channel["steps"] == {"down": 0, "up": 3 * 4}  # int32, raw
 
 
 def test_pfedpara_codecs_send_nothing_of_w2(tmp_path: Path) -> None:
@@ -179,6 +312,22 @@ def test_a_checkpoint_from_before_comm_resumes_only_at_the_defaults(
     int8 = load_config(None, [f"log.root={tmp_path}", "comm.uplink.codec=int8"])
     with pytest.raises(ConfigError, match=r"comm\.uplink\.codec \(None -> 'int8'\)"):
         load_checkpoint(tmp_path, int8.to_dict())
+
+
+def test_a_flat_downlink_residual_is_the_model_channels(tmp_path: Path) -> None:
+    """Checkpoints from before per-channel residuals resume with theirs."""
+    cfg = load_config(None, [f"log.root={tmp_path}"]).to_dict()
+    per_channel = {MODEL: {"w": torch.ones(2)}, "control": {"w": torch.zeros(2)}}
+    state = ServerState(round=1, global_tensors={}, downlink_residual=per_channel)
+    path = save_checkpoint(tmp_path, state, cfg)
+    torch.testing.assert_close(
+        load_checkpoint(tmp_path, cfg).downlink_residual, per_channel
+    )
+    blob = torch.load(path, weights_only=True)
+    blob["downlink_residual"] = {"w": torch.ones(2)}  # as the first delivery wrote
+    torch.save(blob, path)
+    old = load_checkpoint(tmp_path, cfg).downlink_residual
+    torch.testing.assert_close(old, {MODEL: {"w": torch.ones(2)}})
 
 
 def test_bad_replies_are_rejected_not_encoded(tmp_path: Path) -> None:
