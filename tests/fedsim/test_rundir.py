@@ -149,7 +149,7 @@ def test_a_broken_line_before_the_last_is_refused(tmp_path: Path) -> None:
     rows[1] = rows[1][:20]
     (run_dir / "metrics.jsonl").write_text("\n".join(rows) + "\n")
     cfg = tiny_config(tmp_path, "rounds=4")
-    with pytest.raises(ConfigError, match="metrics.jsonl line 2 is not a JSON row"):
+    with pytest.raises(ConfigError, match=r"metrics\.jsonl line 2 is not a JSON row"):
         run_experiment(cfg, backend="local", run_dir=run_dir, resume=True)
 
 
@@ -187,4 +187,3 @@ def test_a_checkpoint_that_does_not_fit_is_refused_at_load(
     cfg = tiny_config(tmp_path, "rounds=2")
     with pytest.raises(ConfigError, match=message):
         run_experiment(cfg, backend="local", run_dir=first.run_dir, resume=True)
-
