@@ -33,6 +33,7 @@ import torch
 from fedsim.comm import Ledger, RoundTotals
 from fedsim.config import ConfigError
 from fedsim.params import Tensors
+from fedsim.rundir import CHECKPOINT
 from fedsim.strategy import EvalMetrics, StrategyState
 from fedsim.tracking import flatten
 
@@ -96,7 +97,7 @@ def save_checkpoint(
     run_dir: Path, state: ServerState, config: Mapping[str, Any]
 ) -> Path:
     """Write ``checkpoints/last.pt`` atomically and return its path."""
-    path = run_dir / "checkpoints" / "last.pt"
+    path = run_dir / CHECKPOINT
     path.parent.mkdir(parents=True, exist_ok=True)
     ledger = state.ledger
     blob = {
@@ -136,7 +137,7 @@ def load_checkpoint(
         config that differs in more than the resumable keys (rounds, log,
         resources), or one whose tensors do not fit the model.
     """
-    path = run_dir / "checkpoints" / "last.pt"
+    path = run_dir / CHECKPOINT
     if not path.is_file():
         raise ConfigError(
             f"{run_dir} has no checkpoint ({path} is missing); a run saves one "

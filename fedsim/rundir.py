@@ -33,6 +33,7 @@ from typing import IO
 from fedsim.config import ConfigError
 
 LOCK_NAME = ".lock"
+CHECKPOINT = Path("checkpoints", "last.pt")  # in a run directory: what --resume reads
 
 
 class RunDirError(ConfigError):
@@ -60,9 +61,16 @@ def quoted(path: Path | str) -> str:
     return shlex.quote(str(path))
 
 
+INPUT_ERRNOS = frozenset(
+    {errno.EROFS, errno.EACCES, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
+)
+"""OS errors that a different path in the input fixes (exit 2, not 1)."""
+
+
 def os_problem(exc: OSError, path: Path | str) -> str:
     """An :class:`OSError` of ``path`` in plain words (for a one-line error)."""
-    where = quoted(exc.filename if exc.filename else path)
+    name = str(exc.filename or path)
+    where = quoted(name if len(name) <= 200 else f"{name[:200]}...")
     plain = {
         errno.ENOSPC: "no space left on device: free some space (or choose "
         "another log.root) and resume",
@@ -72,8 +80,9 @@ def os_problem(exc: OSError, path: Path | str) -> str:
         errno.ENOTDIR: "a file stands where a directory is needed: choose "
         "another log.root or --run-dir",
         errno.ENAMETOOLONG: "file name too long: shorten name (or the path)",
+        errno.EISDIR: "a directory stands where a file is needed: give the file",
     }.get(exc.errno or 0, exc.strerror or str(exc))
-    return f"{where}: {plain}"
+    return f"{where}: {plain}" if name else plain
 
 
 def _create(run_dir: Path) -> None:
@@ -158,6 +167,43 @@ def _refuse_taken(run_dir: Path) -> None:
         raise RunDirError(
             f"run directory {quoted(run_dir)} is not empty: resume it with "
             f"'fedsim run --resume {quoted(run_dir)}', or choose another --run-dir"
+        )
+
+
+def check_writable(root: Path, name: str) -> None:
+    """Refuse, before anything starts, a log.root that cannot hold ``name``'s runs.
+
+    The nearest existing folder of ``root`` must be a writable directory, and
+    each part of ``root/name`` must fit the filesystem's name length.
+
+    >>> check_writable(Path("/"), "x" * 300)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fedsim.rundir.RunDirError: name is 300 bytes long: ... at most 255 ...
+    """
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        longest = os.pathconf(existing, "PC_NAME_MAX") if existing.is_dir() else 255
+    except OSError:
+        longest = 255
+    for part in (*root.parts, name):
+        if (size := len(os.fsencode(part))) > longest:
+            what = "name" if part == name else f"the log.root part {quoted(part[:40])}…"
+            raise RunDirError(
+                f"{what} is {size} bytes long: a file name holds at most "
+                f"{longest} bytes here; shorten it"
+            )
+    if not existing.is_dir():
+        raise RunDirError(
+            f"log.root {quoted(root)}: {quoted(existing)} is a file, not a "
+            "directory; choose another log.root"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirError(
+            f"log.root {quoted(root)}: {quoted(existing)} is not writable (read-only "
+            "or another user's); choose a writable log.root"
         )
 
 

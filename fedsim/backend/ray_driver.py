@@ -100,7 +100,7 @@ class DriverHandle:
             self._next, self.run_dir = started
         except ray.exceptions.RayTaskError as exc:
             ray.kill(self._actor)
-            if isinstance(exc.cause, ConfigError | DataError):
+            if isinstance(exc.cause, ConfigError | DataError | OSError):
                 raise exc.cause from None  # a fix-it message, not a remote traceback
             raise
         except BaseException:

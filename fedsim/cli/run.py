@@ -18,7 +18,7 @@ from fedsim.data import check_available
 from fedsim.launch import BackendName, absolute_dir, launch, resolve_paths
 from fedsim.loop import Run
 from fedsim.model import check_model_fits
-from fedsim.rundir import check_free
+from fedsim.rundir import check_free, check_writable
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -119,7 +119,9 @@ def run_and_report(
     # Before Ray or torch start: the data is there and the model can take it.
     check_available(cfg.data.name, cfg.data.root)
     check_model_fits(cfg)
-    check_free(run_dir, resume=resume)  # taken or busy: refused before Ray starts
+    # Before Ray starts: where the run writes is free and writable.
+    check_writable(Path(cfg.log.root), cfg.name)
+    check_free(run_dir, resume=resume)
     new_run = partial(new_experiment, cfg, run_dir, resume)
     result = launch(cfg, new_run, backend=backend, address=address)
     print(summary_paragraph(cfg, result))
