@@ -30,8 +30,9 @@ from fedsim.launch import BackendName, absolute_dir, launch, local_pool, resolve
 from fedsim.loop import RunResult, RunStopped
 from fedsim.model import preflight
 from fedsim.params import StateLayout, initial_state
+from fedsim.quote import quoted
 from fedsim.results import RunSummary
-from fedsim.rundir import claim, quoted
+from fedsim.rundir import claim
 from fedsim.state import ClientStateStore
 from fedsim.strategy import build_strategy, strategy_settings
 from fedsim.tracking import RoundMetrics, Tracker, new_run_dir

@@ -39,8 +39,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fedsim.config import Config
 from fedsim.progress import Progress
+from fedsim.quote import quoted
 from fedsim.results import RunSummary
-from fedsim.rundir import CHECKPOINT, quoted
+from fedsim.rundir import CHECKPOINT
 from fedsim.tracking import RoundMetrics
 
 if TYPE_CHECKING:

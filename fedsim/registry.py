@@ -157,6 +157,10 @@ class StrategySpec:
         Its client half changes gradients: fp16 loss scaling would scale them.
     channels
         What travels besides ``"model"`` (down, up).
+    client_copies
+        Copies of the travelling tensors each client keeps on disk between its
+        rounds (SCAFFOLD's ``c_i``, FedDyn's ``g_i``): what ``fedsim params``
+        counts as client state.
     variant
         Overrides ``fedsim compare`` adds to run it as a variant.
     """
@@ -169,6 +173,7 @@ class StrategySpec:
     global_model: bool = True
     corrects_gradients: bool = False
     channels: tuple[str, ...] = ()
+    client_copies: int = 0
     variant: tuple[str, ...] = ()
 
     def build(self, *args: Any) -> Any:
@@ -208,12 +213,14 @@ STRATEGIES: Mapping[str, StrategySpec] = _table(
         "(Karimireddy et al., 2020)",
         corrects_gradients=True,
         channels=("control",),
+        client_copies=1,
     ),
     StrategySpec(
         "feddyn",
         "fedsim.strategy.feddyn:FedDyn",
         "dynamic regularizer alpha, uniform mean corrected by h (Acar et al., 2021)",
         FedDynSettings,
+        client_copies=1,
     ),
     StrategySpec(
         "fednova",

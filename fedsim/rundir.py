@@ -25,12 +25,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shlex
 import socket
 from pathlib import Path
 from typing import IO
 
 from fedsim.config import ConfigError
+from fedsim.quote import quoted
 
 LOCK_NAME = ".lock"
 CHECKPOINT = Path("checkpoints", "last.pt")  # in a run directory: what --resume reads
@@ -50,15 +50,6 @@ class RunDirLock:
         """Let another process use the directory (idempotent)."""
         if not self._handle.closed:
             self._handle.close()  # closing the descriptor drops the flock
-
-
-def quoted(path: Path | str) -> str:
-    """``path`` as a shell word, ready to paste.
-
-    >>> quoted("runs/my run")
-    "'runs/my run'"
-    """
-    return shlex.quote(str(path))
 
 
 INPUT_ERRNOS = frozenset(
