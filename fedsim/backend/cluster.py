@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -137,6 +138,7 @@ def start_ray(
     if ray.is_initialized():
         return False
     if address:
+        _check_answers(address)
         ray.init(address=address, log_to_driver=True)
         return True
     # Ray turns token auth on for a new local instance and warns about it each
@@ -160,6 +162,34 @@ def start_ray(
     finally:
         notices.removeFilter(_quiet_default_token_notice)
     return True
+
+
+PROBE_SECONDS = 5.0
+
+
+def _check_answers(address: str, timeout: float = PROBE_SECONDS) -> None:
+    """Refuse, within ``timeout``, a ``HOST:PORT`` where nothing listens.
+
+    Ray itself retries a silent GCS for minutes; a mistyped port should say so
+    at once. Addresses without a port (``auto``) are Ray's to resolve.
+
+    Raises
+    ------
+    ConfigError
+        Nothing accepts a connection at the address.
+    """
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout).close()
+    except (OSError, OverflowError) as exc:
+        raise ConfigError(
+            f"no Ray cluster answers at {address} "
+            f"({getattr(exc, 'strerror', None) or exc}); start one with "
+            "`ray start --head`, or pass the address it printed"
+        ) from None
 
 
 _TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"

@@ -83,11 +83,19 @@ def _split_config(
     if (
         config is not None
         and is_override(config)
-        and not Path(config).exists()
+        and not _exists(config)
         and not any(sep in config.partition("=")[0] for sep in "/\\")
     ):
         return None, [config, *overrides]
     return config, overrides
+
+
+def _exists(word: str) -> bool:
+    """Whether ``word`` names an existing path (a word too long for one: no)."""
+    try:
+        return Path(word).exists()
+    except OSError:
+        return False
 
 
 def new_experiment(

@@ -187,3 +187,22 @@ def test_a_checkpoint_that_does_not_fit_is_refused_at_load(
     cfg = tiny_config(tmp_path, "rounds=2")
     with pytest.raises(ConfigError, match=message):
         run_experiment(cfg, backend="local", run_dir=first.run_dir, resume=True)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [("server.strategy=scaffold",), ("model.param=pfedpara", "data.partition=shards")],
+    ids=["scaffold", "pfedpara"],
+)
+def test_params_gives_the_client_state_a_run_writes(
+    tmp_path: Path, overrides: tuple[str, ...]
+) -> None:
+    from fedsim.params_report import model_report
+
+    cfg = tiny_config(tmp_path, "rounds=1", *overrides)
+    expected = model_report(cfg)["bytes_client_state"]
+    result = run_experiment(cfg, backend="local")
+    sizes = [p.stat().st_size for p in (result.run_dir / "client_state").iterdir()]
+    assert sizes and expected > 0
+    # The tensors' bytes plus torch.save's own bookkeeping (names, zip headers).
+    assert all(expected <= size <= 1.1 * expected + 8192 for size in sizes), sizes

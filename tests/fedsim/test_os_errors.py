@@ -1,0 +1,93 @@
+"""Operating-system and path faults: one `fedsim: error:` line, before Ray starts."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from fedsim.cli import main
+from fedsim.loop import RunStopped
+from fedsim.rundir import CHECKPOINT, os_problem
+from tests.fixtures import QUICKSTART, TINY
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.count("\n") == 0, err
+    assert err.startswith("fedsim: error: "), err
+    return err
+
+
+def run(*args: str) -> int:
+    return main(["run", str(QUICKSTART), *TINY, "--backend", "local", *args])
+
+
+def test_log_root_that_is_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "f").write_text("")
+    assert run(f"log.root={tmp_path / 'f' / 'runs'}") == 2
+    assert "is a file, not a directory" in one_error_line(capsys)
+
+
+def test_run_dir_that_is_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "f").write_text("mine")
+    assert run(f"log.root={tmp_path}", "--run-dir", str(tmp_path / "f")) == 2
+    assert "exists and is not a directory" in one_error_line(capsys)
+    assert (tmp_path / "f").read_text() == "mine"
+
+
+def test_a_name_longer_than_a_file_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(f"log.root={tmp_path}", f"name={'n' * 300}") == 2
+    assert "name: names a folder, at most 255 bytes; got 300" in one_error_line(capsys)
+    # Without a config file too: the long word is an override, not a path.
+    assert main(["run", f"name={'n' * 300}", "--backend", "local"]) == 2
+    assert "at most 255 bytes" in one_error_line(capsys)
+
+
+def test_no_ray_at_the_address_is_one_line_in_seconds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ray
+
+    code = main(
+        [
+            "run",
+            str(QUICKSTART),
+            *TINY,
+            f"log.root={tmp_path}",
+            "--address",
+            "127.0.0.1:1",
+        ]
+    )
+    assert code == 2
+    assert "no Ray cluster answers at 127.0.0.1:1" in one_error_line(capsys)
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("code", "plain"),
+    [
+        (errno.ENOSPC, "no space left on device"),
+        (errno.EROFS, "read-only file system"),
+        (errno.ENAMETOOLONG, "file name too long"),
+    ],
+)
+def test_os_errors_in_plain_words(code: int, plain: str) -> None:
+    exc = OSError(code, "cryptic", "/runs/my run/x")
+    assert os_problem(exc, "").startswith(f"'/runs/my run/x': {plain}")
+
+
+def test_resume_line_only_with_a_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "my run"
+    stopped = RunStopped("the driver actor died in round 7", run_dir)
+    assert "cannot be resumed" in str(stopped) and "--resume" not in str(stopped)
+    (run_dir / CHECKPOINT).parent.mkdir(parents=True)
+    (run_dir / CHECKPOINT).touch()
+    assert str(stopped).endswith(f"resume with: fedsim run --resume '{run_dir}'")
