@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -39,7 +40,7 @@ from typing import Literal
 
 from fedsim.backend.base import Backend
 from fedsim.config import Config
-from fedsim.loop import RunFactory, RunResult, drive
+from fedsim.loop import RunFactory, RunResult, StartStopped, drive
 
 BackendName = Literal["ray", "local"]
 
@@ -86,10 +87,22 @@ def ray_cluster(address: str | None) -> Iterator[None]:
     ------
     ConfigError
         ``address`` (or RAY_ADDRESS) names a dashboard, not a cluster.
+    StartStopped
+        Ctrl-C or SIGTERM came while Ray was starting (what had started is
+        stopped again).
     """
     from fedsim.backend.cluster import start_ray, stop_ray
 
-    started = start_ray(address)
+    try:
+        started = start_ray(address)
+    except KeyboardInterrupt:
+        stop_ray()
+        raise StartStopped(signal.SIGINT) from None
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM:
+            raise
+        stop_ray()  # ray.init's own SIGTERM handler exits with the signal number
+        raise StartStopped(signal.SIGTERM) from None
     try:
         yield
     finally:

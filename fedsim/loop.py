@@ -85,6 +85,23 @@ class RunStopped(Exception):
         )
 
 
+class StartStopped(RunStopped):
+    """A signal stopped the command while Ray was starting: no round ran."""
+
+    def __init__(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name} while Ray was starting", None, 128 + signum
+        )
+        self.signum = signum
+
+    def __reduce__(self) -> tuple[type[StartStopped], tuple[int]]:
+        return StartStopped, (self.signum,)
+
+    def __str__(self) -> str:
+        return f"{self.message}: no round ran, nothing to resume"
+
+
 class Run(Protocol):
     """A run that can be stepped: an Experiment, or a driver actor's handle."""
 

@@ -91,3 +91,33 @@ def test_resume_line_only_with_a_checkpoint(tmp_path: Path) -> None:
     (run_dir / CHECKPOINT).parent.mkdir(parents=True)
     (run_dir / CHECKPOINT).touch()
     assert str(stopped).endswith(f"resume with: fedsim run --resume '{run_dir}'")
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "name"),
+    [(SystemExit(15), 143, "SIGTERM"), (KeyboardInterrupt(), 130, "SIGINT")],
+)
+def test_a_signal_while_ray_starts_is_one_line_and_stops_ray(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    raised: BaseException,
+    code: int,
+    name: str,
+) -> None:
+    from fedsim.backend import cluster
+
+    stopped = []
+
+    def interrupted_start(address: str | None) -> bool:
+        raise raised  # ray.init's SIGTERM handler exits with the signal number
+
+    monkeypatch.setattr(cluster, "start_ray", interrupted_start)
+    monkeypatch.setattr(cluster, "stop_ray", lambda: stopped.append(True))
+    assert main(["run", str(QUICKSTART), *TINY, f"log.root={tmp_path}"]) == code
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"fedsim: stopped by {name} while Ray was starting: no round ran, "
+        "nothing to resume"
+    )
+    assert stopped == [True]
