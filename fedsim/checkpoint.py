@@ -34,6 +34,7 @@ from fedsim.comm import Ledger, RoundTotals
 from fedsim.config import ConfigError
 from fedsim.params import Tensors
 from fedsim.rundir import CHECKPOINT
+from fedsim.state import save_atomically
 from fedsim.strategy import EvalMetrics, StrategyState
 from fedsim.tracking import flatten
 
@@ -116,9 +117,7 @@ def save_checkpoint(
         "last_eval": None if state.last_eval is None else vars(state.last_eval),
         "wall_seconds": state.wall_seconds,
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    save_atomically(blob, path)
     return path
 
 

@@ -37,9 +37,11 @@ Example
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -47,6 +49,26 @@ from torch import Tensor
 from fedsim.params import Tensors
 
 KeptState = dict[str, Tensors]
+
+
+def save_atomically(obj: Any, path: Path) -> None:
+    """``torch.save`` ``obj`` to ``path`` through a temporary file and a rename.
+
+    Serialized in memory first, so that a full disk fails as the write's own
+    ``OSError`` (ENOSPC: "no space left on device"), where torch's file writer
+    reports a cryptic ``RuntimeError``; the temporary file is removed and
+    ``path`` keeps its previous version.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    tmp = path.with_suffix(".tmp")
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(buffer.getbuffer())
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 class ClientStateStore:
@@ -92,9 +114,7 @@ class ClientStateStore:
         }
         path = self._path(client_id, server_round)
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(flat, tmp)
-        os.replace(tmp, path)
+        save_atomically(flat, path)
         rounds = self._versions.setdefault(client_id, [])
         if server_round not in rounds:
             rounds.append(server_round)

@@ -116,8 +116,8 @@ class DriverHandle:
         try:
             metrics: RoundMetrics = ray.get(self._actor.step.remote())
         except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, RunStopped):
-                raise exc.cause from None  # says how to resume; no remote traceback
+            if isinstance(exc.cause, RunStopped | OSError):
+                raise exc.cause from None  # one line (how to resume; a full disk)
             raise
         except ray.exceptions.RayActorError as exc:
             # Its node was lost, or its process killed: the checkpoint remains.

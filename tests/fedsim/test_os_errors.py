@@ -121,3 +121,19 @@ def test_a_signal_while_ray_starts_is_one_line_and_stops_ray(
         "nothing to resume"
     )
     assert stopped == [True]
+
+
+def test_a_full_disk_is_one_line_and_the_checkpoint_survives(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.fedsim.test_resume import crash_after
+
+    run_dir = crash_after(tmp_path, 3, "rounds=4", "log.checkpoint_every=2")
+    before = (run_dir / CHECKPOINT).read_bytes()
+    # The next checkpoint's temporary file lands on a device that is always full.
+    (run_dir / CHECKPOINT).with_suffix(".tmp").symlink_to("/dev/full")
+    assert main(["run", "--resume", str(run_dir), "--backend", "local"]) == 1
+    err = one_error_line(capsys)
+    assert "no space left on device: free some space" in err, err
+    assert (run_dir / CHECKPOINT).read_bytes() == before
+    assert not (run_dir / CHECKPOINT).with_suffix(".tmp").exists()
