@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from functools import partial
 from pathlib import Path
 
@@ -90,6 +91,11 @@ def _split_config(
     return config, overrides
 
 
+def _memory() -> float:
+    """The memory of the machine (bytes) where the driver loads the data."""
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
 def _exists(word: str) -> bool:
     """Whether ``word`` names an existing path (a word too long for one: no)."""
     try:
@@ -126,6 +132,7 @@ def run_and_report(
     """
     # Before Ray or torch start: the data is there and the model can take it.
     check_available(cfg.data.name, cfg.data.root)
+    cfg.data_request().check_fits(_memory())
     check_model_fits(cfg)
     # Before Ray starts: where the run writes is free and writable.
     check_writable(Path(cfg.log.root), cfg.name)

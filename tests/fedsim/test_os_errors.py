@@ -137,3 +137,11 @@ def test_a_full_disk_is_one_line_and_the_checkpoint_survives(
     assert "no space left on device: free some space" in err, err
     assert (run_dir / CHECKPOINT).read_bytes() == before
     assert not (run_dir / CHECKPOINT).with_suffix(".tmp").exists()
+
+
+def test_synthetic_data_larger_than_memory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    over = ("data.name=synthetic_cifar", f"data.synthetic_train={10**12}")
+    assert run(f"log.root={tmp_path}", *over) == 2
+    assert "GB of memory, more than the" in one_error_line(capsys)
