@@ -31,6 +31,7 @@ Example
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -43,6 +44,7 @@ from fedsim.config import Config
 from fedsim.loop import RunFactory, RunResult, StartStopped, drive
 
 BackendName = Literal["ray", "local"]
+log = logging.getLogger(__name__)
 
 
 def _absolute(path: str | Path, cwd: Path | None) -> str:
@@ -107,7 +109,10 @@ def ray_cluster(address: str | None) -> Iterator[None]:
         yield
     finally:
         if started:
-            stop_ray()
+            try:
+                stop_ray()
+            except KeyboardInterrupt:  # a second Ctrl-C: Ray ends with this process
+                log.warning("stopping Ray was interrupted")
 
 
 def launch(

@@ -213,7 +213,7 @@ def drive(run: Run, cfg: Config) -> RunResult:
         stopped = True
         try:
             run.close()
-        except Exception as exc:  # reported, then the stop goes on
+        except (Exception, KeyboardInterrupt) as exc:  # a second Ctrl-C too
             log.warning("closing the stopped run failed: %s", reprlib.repr(exc))
         raise
     finally:

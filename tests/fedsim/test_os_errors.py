@@ -145,3 +145,40 @@ def test_synthetic_data_larger_than_memory(
     over = ("data.name=synthetic_cifar", f"data.synthetic_train={10**12}")
     assert run(f"log.root={tmp_path}", *over) == 2
     assert "GB of memory, more than the" in one_error_line(capsys)
+
+
+def test_a_second_ctrl_c_during_teardown_keeps_the_stop_line(tmp_path: Path) -> None:
+    import signal
+
+    from fedsim.loop import drive
+    from fedsim.tracking import RoundMetrics
+    from tests.fixtures import tiny_config
+
+    class SecondCtrlCInClose:
+        run_dir = tmp_path
+        rounds_done = 0
+
+        def next_round(self) -> int:
+            return self.rounds_done
+
+        def step(self) -> RoundMetrics:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C during the round
+            self.rounds_done += 1
+            return RoundMetrics(round=0, bytes_up=0, bytes_down=0, cumulative_bytes=0)
+
+        def checkpoint(self) -> None:
+            (tmp_path / CHECKPOINT).parent.mkdir(exist_ok=True)
+            (tmp_path / CHECKPOINT).touch()
+
+        def finish(self) -> None:
+            raise AssertionError("a stopped run does not finish")
+
+        def close(self) -> None:
+            raise KeyboardInterrupt  # the second Ctrl-C, while tearing down
+
+    with pytest.raises(RunStopped) as stopped:
+        drive(SecondCtrlCInClose(), tiny_config(tmp_path, "rounds=5"))  # type: ignore[arg-type]
+    assert stopped.value.exit_code == 130
+    assert str(stopped.value) == (
+        f"stopped by SIGINT after round 0; resume with: fedsim run --resume {tmp_path}"
+    )
