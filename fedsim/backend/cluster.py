@@ -229,7 +229,7 @@ def _quiet_default_token_notice(record: logging.LogRecord) -> bool:
     return "Token authentication is enabled for this Ray cluster" not in str(record.msg)
 
 
-STOP_SECONDS = 30.0
+STOP_SECONDS = 15.0
 
 
 def stop_ray(timeout: float = STOP_SECONDS) -> None:
