@@ -32,7 +32,7 @@ from fedsim.model import preflight
 from fedsim.params import StateLayout, initial_state
 from fedsim.quote import quoted
 from fedsim.results import RunSummary
-from fedsim.rundir import claim
+from fedsim.rundir import claim, claim_new
 from fedsim.state import ClientStateStore
 from fedsim.strategy import build_strategy, strategy_settings
 from fedsim.tracking import RoundMetrics, Tracker, new_run_dir
@@ -61,9 +61,11 @@ class Experiment:
         self.pool = pool  # its workers may still be starting: they finish meanwhile
         try:
             self.model = preflight(cfg)
-            self.run_dir = run_dir or new_run_dir(cfg)
             # Held until close: no second process writes here meanwhile.
-            self._lock = claim(self.run_dir, resume=resume)
+            if run_dir is None:
+                self.run_dir, self._lock = claim_new(new_run_dir(cfg))
+            else:
+                self.run_dir, self._lock = run_dir, claim(run_dir, resume=resume)
         except BaseException:
             self.pool.shutdown()
             raise

@@ -153,6 +153,25 @@ def claim(run_dir: Path, *, resume: bool) -> RunDirLock:
     return held
 
 
+def claim_new(base: Path) -> tuple[Path, RunDirLock]:
+    """Create and lock ``base``, or ``base-1``, ``base-2``, ...: the first one free.
+
+    Each is created with an exclusive ``mkdir``, so two runs started in the same
+    second never share a directory.
+    """
+    _create(base.parent)
+    candidate, i = base, 1
+    while True:
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            candidate, i = base.with_name(f"{base.name}-{i}"), i + 1
+            continue
+        except OSError as exc:
+            raise RunDirError(os_problem(exc, candidate)) from None
+        return candidate, lock(candidate)
+
+
 def _refuse_taken(run_dir: Path) -> None:
     if run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
         raise RunDirError(

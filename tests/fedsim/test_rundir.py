@@ -206,3 +206,16 @@ def test_params_gives_the_client_state_a_run_writes(
     assert sizes and expected > 0
     # The tensors' bytes plus torch.save's own bookkeeping (names, zip headers).
     assert all(expected <= size <= 1.1 * expected + 8192 for size in sizes), sizes
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(
+    tmp_path: Path,
+) -> None:
+    from fedsim.rundir import claim_new
+
+    base = tmp_path / "quickstart" / "20261205-071500"
+    first, first_lock = claim_new(base)
+    second, second_lock = claim_new(base)  # the first has not written yet
+    assert (first, second) == (base, base.with_name("20261205-071500-1"))
+    first_lock.release()
+    second_lock.release()
