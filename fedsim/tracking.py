@@ -232,12 +232,12 @@ class Tracker:
         """
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_round is not None:  # first: a refused resume records nothing
+            for name in ("metrics.jsonl", "comm.jsonl", "clients.jsonl"):
+                _truncate_rounds(run_dir / name, resume_round)
         (run_dir / "config.yaml").write_text(
             yaml.safe_dump(dict(config), sort_keys=False)
         )
-        if resume_round is not None:
-            for name in ("metrics.jsonl", "comm.jsonl", "clients.jsonl"):
-                _truncate_rounds(run_dir / name, resume_round)
         self.strategy = strategy
         self._metrics = (run_dir / "metrics.jsonl").open("a")
         self._comm = (run_dir / "comm.jsonl").open("a")

@@ -148,9 +148,11 @@ def test_a_broken_line_before_the_last_is_refused(tmp_path: Path) -> None:
     rows = (run_dir / "metrics.jsonl").read_text().splitlines()
     rows[1] = rows[1][:20]
     (run_dir / "metrics.jsonl").write_text("\n".join(rows) + "\n")
-    cfg = tiny_config(tmp_path, "rounds=4")
+    saved = (run_dir / "config.yaml").read_text()
+    cfg = tiny_config(tmp_path, "rounds=5")
     with pytest.raises(ConfigError, match=r"metrics\.jsonl line 2 is not a JSON row"):
         run_experiment(cfg, backend="local", run_dir=run_dir, resume=True)
+    assert (run_dir / "config.yaml").read_text() == saved  # nothing recorded
 
 
 def test_resume_with_fewer_rounds_than_done_is_refused(tmp_path: Path) -> None:
