@@ -22,6 +22,7 @@ Example
 from __future__ import annotations
 
 import json
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +34,8 @@ from fedsim.comm import Ledger, RoundTotals
 from fedsim.config import Config, ConfigError
 from fedsim.messages import MODEL, Channels
 from fedsim.params import Tensors
+from fedsim.rundir import CHECKPOINT
+from fedsim.state import save_atomically
 from fedsim.strategy import EvalMetrics, StrategyState
 from fedsim.tracking import flatten
 
@@ -104,7 +107,7 @@ def save_checkpoint(
     run_dir: Path, state: ServerState, config: Mapping[str, Any]
 ) -> Path:
     """Write ``checkpoints/last.pt`` atomically and return its path."""
-    path = run_dir / "checkpoints" / "last.pt"
+    path = run_dir / CHECKPOINT
     path.parent.mkdir(parents=True, exist_ok=True)
     ledger = state.ledger
     blob = {
@@ -125,22 +128,26 @@ def save_checkpoint(
         "downlink_residual": {ch: dict(t) for ch, t in state.downlink_residual.items()},
         "trained": sorted(state.trained),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    save_atomically(blob, path)
     return path
 
 
-def load_checkpoint(run_dir: Path, config: Mapping[str, Any]) -> ServerState:
+def load_checkpoint(
+    run_dir: Path, config: Mapping[str, Any], like: Tensors | None = None
+) -> ServerState:
     """Read the state saved by :func:`save_checkpoint` for a run of ``config``.
+
+    ``like``, the model's own global tensors, are what the saved ones must match
+    in names and shapes.
 
     Raises
     ------
     ConfigError
-        No checkpoint, an unreadable or foreign one, or one made with a config
-        that differs in more than the resumable keys (rounds, log, resources).
+        No checkpoint, an unreadable, incomplete or foreign one, one made with a
+        config that differs in more than the resumable keys (rounds, log,
+        resources), or one whose tensors do not fit the model.
     """
-    path = run_dir / "checkpoints" / "last.pt"
+    path = run_dir / CHECKPOINT
     if not path.is_file():
         raise ConfigError(
             f"{run_dir} has no checkpoint ({path} is missing); a run saves one "
@@ -172,6 +179,49 @@ def load_checkpoint(run_dir: Path, config: Mapping[str, Any]) -> ServerState:
             f"cannot resume {run_dir}: the config differs from the checkpoint's in "
             f"{shown}; only rounds, log.* and resources.* may change"
         )
+    try:
+        state = _state(blob)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{path} is not a complete fedsim checkpoint ({type(exc).__name__}: "
+            f"{reprlib.repr(exc.args[0] if exc.args else '')}); resume from a "
+            "copy of an intact one, or start the run again"
+        ) from None
+    if like is not None:
+        _check_fits(path, state.global_tensors, like)
+    return state
+
+
+def _check_fits(path: Path, saved: Tensors, like: Tensors) -> None:
+    """Refuse saved tensors whose names or shapes are not the model's."""
+    missing, extra = sorted(like.keys() - saved.keys()), sorted(saved.keys() - like)
+    wrong = sorted(
+        f"{k} {_shape(saved[k])} (model: {_shape(like[k])})"
+        for k in like.keys() & saved.keys()
+        if _shape(saved[k]) != _shape(like[k])
+    )
+    problems = [
+        f"{what} {reprlib.repr(names)}"
+        for what, names in (
+            ("missing", missing),
+            ("unexpected", extra),
+            ("wrong shape", wrong),
+        )
+        if names
+    ]
+    if problems:
+        raise ConfigError(
+            f"{path} does not fit the model ({'; '.join(problems)}): it was "
+            "written for another model; resume with the config that made it"
+        )
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    shape = getattr(value, "shape", None)
+    return None if shape is None else tuple(shape)
+
+
+def _state(blob: Mapping[str, Any]) -> ServerState:
     led = blob["ledger"]
     return ServerState(
         round=int(blob["round"]),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+
+from fedsim.quote import shown
 
 if TYPE_CHECKING:
     from fedsim.data import DataRequest
@@ -57,6 +60,34 @@ PERSONAL_TEST_FRACTION = 0.2
 
 GLOBAL_VIEW_W2_0 = "global view (W2=0)"
 """The label of a pFedPara run's global accuracy: W1 alone (W2 = 0)."""
+
+
+NAME_MAX = 255
+"""The longest file name (bytes) of common filesystems: ``name`` is a folder."""
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-6`` as the number YAML 1.2 says it is.
+
+    YAML 1.1 wants a dot in a float (``1.0e-6``), so plain PyYAML reads ``1e-6``
+    as a string, and a learning rate written that way was refused.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` as YAML (safe: plain data only), with ``1e-6`` a number.
+
+    >>> load_yaml("lr: 1e-6")
+    {'lr': 1e-06}
+    """
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
 
 
 class ConfigError(ValueError):
@@ -352,7 +383,12 @@ def _validate(cfg: Config) -> None:
         cfg.name not in (".", "..") and not any(ch in cfg.name for ch in "/\\\0"),
         "name",
         "names the run's folder log.root/NAME/TIME: one folder name, without "
-        f"'/' or '\\', not '.' or '..'; got {cfg.name!r}",
+        f"'/' or '\\', not '.' or '..'; got {shown(cfg.name)}",
+    )
+    _check(
+        len(cfg.name.encode()) <= NAME_MAX,
+        "name",
+        f"names a folder, at most {NAME_MAX} bytes; got {len(cfg.name.encode())}",
     )
     _check(0 <= cfg.seed < 2**63, "seed", f"must be in [0, 2**63), got {cfg.seed}")
     at_least("rounds", cfg.rounds, 1)
@@ -532,7 +568,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist (see configs/)")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = load_yaml(p.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {p} cannot be read: {exc}") from exc
         except yaml.YAMLError as exc:
@@ -547,7 +583,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Confi
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} must look like key=value")
         try:
-            parsed = yaml.safe_load(value)
+            parsed = load_yaml(value)
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or exc
             raise ConfigError(
@@ -574,7 +610,7 @@ def _extend(path: Path, raw: dict[str, Any], seen: tuple[Path, ...]) -> dict[str
     if not base_path.is_file():
         raise ConfigError(f"{path}: extends {parent}, which does not exist")
     try:
-        base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+        base = load_yaml(base_path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{base_path} cannot be read: {exc}") from exc
     if not isinstance(base, dict):
@@ -700,23 +736,24 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         allowed = typing.get_args(tp)
         if value not in allowed:
             raise ConfigError(
-                f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}"
+                f"{key} must be one of {', '.join(map(str, allowed))}; "
+                f"got {shown(value)}"
             )
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false; got {value!r}")
+            raise ConfigError(f"{key} must be true or false; got {shown(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer; got {value!r}")
+            raise ConfigError(f"{key} must be an integer; got {shown(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key} must be a number; got {value!r}")
+            raise ConfigError(f"{key} must be a number; got {shown(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string; got {value!r}")
+            raise ConfigError(f"{key} must be a string; got {shown(value)}")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover

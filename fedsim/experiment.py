@@ -24,14 +24,16 @@ from typing import Any
 from fedsim.backend.base import Backend
 from fedsim.checkpoint import ServerState, load_checkpoint, save_checkpoint
 from fedsim.compress import Wire
-from fedsim.config import Config, load_config
+from fedsim.config import Config, ConfigError, load_config
 from fedsim.data import FederatedData, Partition, label_heatmap, partition_summary
 from fedsim.driver import Cohort, Driver, RoundFailed
 from fedsim.launch import BackendName, absolute_dir, launch, local_pool, resolve_paths
 from fedsim.loop import RunResult, RunStopped
 from fedsim.model import preflight
 from fedsim.params import StateLayout, initial_state
+from fedsim.quote import quoted
 from fedsim.results import RunSummary
+from fedsim.rundir import claim, claim_new
 from fedsim.state import ClientStateStore
 from fedsim.strategy import build_strategy, strategy_settings
 from fedsim.tracking import RoundMetrics, Tracker, new_run_dir
@@ -60,10 +62,18 @@ class Experiment:
         self.pool = pool  # its workers may still be starting: they finish meanwhile
         try:
             self.model = preflight(cfg)
+            # Held until close: no second process writes here meanwhile.
+            if run_dir is None:
+                self.run_dir, self._lock = claim_new(new_run_dir(cfg))
+            else:
+                self.run_dir, self._lock = run_dir, claim(run_dir, resume=resume)
+        except BaseException:
+            self.pool.shutdown()
+            raise
+        try:
             # Loaded where the pool keeps it: on Ray, by a task whose result goes
             # straight to the object store, so this process maps it, no copy.
             data, partition = self.pool.load(cfg.data_request())
-            self.run_dir = run_dir or new_run_dir(cfg)
             self.strategy = build_strategy(
                 strategy_settings(cfg, partition.train.sizes().tolist())
             )
@@ -81,6 +91,7 @@ class Experiment:
             )
         except BaseException:
             self.pool.shutdown()
+            self._lock.release()
             raise
         try:
             self._setup(data, partition, resume)
@@ -89,9 +100,16 @@ class Experiment:
             raise
 
     def _initial_state(self, resume: bool) -> ServerState:
-        if resume:
-            return load_checkpoint(self.run_dir, self.cfg.to_dict())
         glob = initial_state(self.model, self.layout)
+        if resume:
+            state = load_checkpoint(self.run_dir, self.cfg.to_dict(), like=glob)
+            if state.round > self.cfg.rounds:
+                raise ConfigError(
+                    f"cannot resume {quoted(self.run_dir)} with rounds="
+                    f"{self.cfg.rounds}: its checkpoint is after round "
+                    f"{state.round - 1}; give rounds={state.round} or more"
+                )
+            return state
         return ServerState(
             round=0, global_tensors=glob, strategy_state=self.strategy.init(glob)
         )
@@ -172,6 +190,7 @@ class Experiment:
         """Release the workers and close the files (idempotent)."""
         self.pool.shutdown()
         self.tracker.close()
+        self._lock.release()
 
 
 def run_experiment(

@@ -31,7 +31,9 @@ Example
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -39,9 +41,10 @@ from typing import Literal
 
 from fedsim.backend.base import Backend
 from fedsim.config import Config
-from fedsim.loop import RunFactory, RunResult, drive
+from fedsim.loop import RunFactory, RunResult, StartStopped, drive
 
 BackendName = Literal["ray", "local"]
+log = logging.getLogger(__name__)
 
 
 def _absolute(path: str | Path, cwd: Path | None) -> str:
@@ -86,15 +89,30 @@ def ray_cluster(address: str | None) -> Iterator[None]:
     ------
     ConfigError
         ``address`` (or RAY_ADDRESS) names a dashboard, not a cluster.
+    StartStopped
+        Ctrl-C or SIGTERM came while Ray was starting (what had started is
+        stopped again).
     """
     from fedsim.backend.cluster import start_ray, stop_ray
 
-    started = start_ray(address)
+    try:
+        started = start_ray(address)
+    except KeyboardInterrupt:
+        stop_ray()
+        raise StartStopped(signal.SIGINT) from None
+    except SystemExit as exc:
+        if exc.code != signal.SIGTERM:
+            raise
+        stop_ray()  # ray.init's own SIGTERM handler exits with the signal number
+        raise StartStopped(signal.SIGTERM) from None
     try:
         yield
     finally:
         if started:
-            stop_ray()
+            try:
+                stop_ray()
+            except KeyboardInterrupt:  # a second Ctrl-C: Ray ends with this process
+                log.warning("stopping Ray was interrupted")
 
 
 def launch(

@@ -13,13 +13,22 @@ the main thread holds :func:`stop_on_signals`.
 
 Example
 -------
->>> str(RunStopped("stopped by SIGTERM after round 4", Path("runs/a/1"), 143))
-'stopped by SIGTERM after round 4; resume with: fedsim run --resume runs/a/1'
+>>> import tempfile
+>>> run_dir = Path(tempfile.mkdtemp())
+>>> stopped = RunStopped("stopped by SIGTERM after round 4", run_dir, 143)
+>>> str(stopped).partition("; ")[2]
+'no checkpoint was written: the run cannot be resumed'
+>>> (run_dir / "checkpoints").mkdir()
+>>> (run_dir / CHECKPOINT).touch()
+>>> str(stopped).partition("; ")[2] == f"resume with: fedsim run --resume {run_dir}"
+True
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import reprlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -30,11 +39,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fedsim.config import Config
 from fedsim.progress import Progress
+from fedsim.quote import quoted
 from fedsim.results import RunSummary
+from fedsim.rundir import CHECKPOINT
 from fedsim.tracking import RoundMetrics
 
 if TYPE_CHECKING:
     from fedsim.backend.base import Backend
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,7 +61,10 @@ class RunResult:
 class RunStopped(Exception):
     """A run stopped before its last round; its checkpoint lets it resume.
 
-    Picklable (it crosses from the driver actor to the caller).
+    The message gives the resume command only when the run directory holds a
+    checkpoint (read where it is printed: the driver runs on the caller's
+    node); otherwise it says that nothing can be resumed. Picklable (it crosses
+    from the driver actor to the caller).
     """
 
     def __init__(
@@ -58,8 +74,32 @@ class RunStopped(Exception):
         self.message, self.run_dir, self.exit_code = message, run_dir, exit_code
 
     def __str__(self) -> str:
-        where = self.run_dir if self.run_dir is not None else "RUN_DIR"
-        return f"{self.message}; resume with: fedsim run --resume {where}"
+        if self.run_dir is None:
+            return f"{self.message}; resume with: fedsim run --resume RUN_DIR"
+        if not (self.run_dir / CHECKPOINT).is_file():
+            return (
+                f"{self.message}; no checkpoint was written: the run cannot be resumed"
+            )
+        return (
+            f"{self.message}; resume with: fedsim run --resume {quoted(self.run_dir)}"
+        )
+
+
+class StartStopped(RunStopped):
+    """A signal stopped the command while Ray was starting: no round ran."""
+
+    def __init__(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name} while Ray was starting", None, 128 + signum
+        )
+        self.signum = signum
+
+    def __reduce__(self) -> tuple[type[StartStopped], tuple[int]]:
+        return StartStopped, (self.signum,)
+
+    def __str__(self) -> str:
+        return f"{self.message}: no round ran, nothing to resume"
 
 
 class Run(Protocol):
@@ -145,6 +185,7 @@ def drive(run: Run, cfg: Config) -> RunResult:
         A signal stopped the run between rounds (after a checkpoint), or a
         round could not be completed.
     """
+    stopped = False
     try:
         r = cfg.resources
         progress_bar = Progress(
@@ -166,5 +207,15 @@ def drive(run: Run, cfg: Config) -> RunResult:
                         128 + signum,
                     )
         return run.finish()
+    except RunStopped:
+        # The stop's message (and exit code) is what matters now: a teardown
+        # that fails after it is a warning, not a traceback and exit 1.
+        stopped = True
+        try:
+            run.close()
+        except (Exception, KeyboardInterrupt) as exc:  # a second Ctrl-C too
+            log.warning("closing the stopped run failed: %s", reprlib.repr(exc))
+        raise
     finally:
-        run.close()
+        if not stopped:
+            run.close()

@@ -15,6 +15,7 @@ from typing import Any
 
 from fedsim.config import Config
 from fedsim.model import checked_model
+from fedsim.registry import STRATEGIES
 from fedsim.strategy import state_layout
 
 FP32_BYTES = 4
@@ -33,6 +34,11 @@ def model_report(cfg: Config) -> dict[str, Any]:
     original_cfg = replace(cfg, model=replace(cfg.model, param="original"))
     total_o, travelling_o = _counts(original_cfg)
     k = cfg.server.clients_per_round
+    # What a client keeps on disk: its local part of the model plus the
+    # strategy's copies of the travelling part; at most two versions each
+    # (see fedsim.state), for every client.
+    copies = STRATEGIES[cfg.server.strategy].client_copies
+    client_state = (total - travelling + copies * travelling) * FP32_BYTES
     per_round = 2 * k * travelling * FP32_BYTES
     per_round_o = 2 * k * travelling_o * FP32_BYTES
     return {
@@ -52,6 +58,9 @@ def model_report(cfg: Config) -> dict[str, Any]:
         "bytes_per_round_original": per_round_o,
         "bytes_total_original": per_round_o * cfg.rounds,
         "ratio": per_round_o / per_round,
+        "num_clients": cfg.data.num_clients,
+        "bytes_client_state": client_state,
+        "bytes_client_state_disk": 2 * cfg.data.num_clients * client_state,
     }
 
 
@@ -86,6 +95,11 @@ def format_report(r: dict[str, Any]) -> str:
             f"{gb(r['bytes_total'])} (original {gb(r['bytes_total_original'])})",
         ),
         ("original / this", f"{r['ratio']:.2f}x fewer bytes"),
+        (
+            "client state on disk",
+            f"up to {mb(r['bytes_client_state_disk'])} = 2 versions x "
+            f"{r['num_clients']:,} clients x {mb(r['bytes_client_state'])}",
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:>{width}}  {v}" for k, v in rows)

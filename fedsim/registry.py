@@ -215,6 +215,10 @@ class StrategySpec:
         Its client half changes gradients: fp16 loss scaling would scale them.
     channels
         What travels besides ``"model"`` (down, up).
+    client_copies
+        Copies of the travelling tensors each client keeps on disk between its
+        rounds (SCAFFOLD's ``c_i``, FedDyn's ``g_i``): what ``fedsim params``
+        counts as client state.
     variant
         Overrides ``fedsim compare`` adds to run it as a variant.
     weighting
@@ -229,6 +233,7 @@ class StrategySpec:
     global_model: bool = True
     corrects_gradients: bool = False
     channels: tuple[str, ...] = ()
+    client_copies: int = 0
     variant: tuple[str, ...] = ()
     weighting: Weighting = "examples"
 
@@ -272,6 +277,7 @@ STRATEGIES: Mapping[str, StrategySpec] = _table(
         corrects_gradients=True,
         channels=("control",),
         weighting="uniform",
+        client_copies=1,
     ),
     StrategySpec(
         "feddyn",
@@ -282,6 +288,7 @@ STRATEGIES: Mapping[str, StrategySpec] = _table(
         "objective (1/m) Σ L_k)",
         FedDynSettings,
         weighting="uniform",
+        client_copies=1,
     ),
     StrategySpec(
         "fednova",

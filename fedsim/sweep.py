@@ -51,6 +51,7 @@ from fedsim.config import Config, ConfigError, load_config
 from fedsim.launch import absolute_dir
 from fedsim.loop import RunResult, RunStopped, stop_on_signals, stop_requested
 from fedsim.progress import PROGRESS_ROW
+from fedsim.rundir import check_distinct, check_free
 
 if TYPE_CHECKING:
     from fedsim.launch import BackendName
@@ -103,6 +104,8 @@ def given_run_dirs(
 ) -> list[Path | None]:
     """One run directory per config (``--run-dir``, made absolute), or all None.
 
+    Each must be distinct and free (see :func:`fedsim.rundir.check_free`).
+
     >>> given_run_dirs(sweep_configs(None, [], ["seed=0,1"]), None)
     [None, None]
     """
@@ -113,7 +116,11 @@ def given_run_dirs(
             f"--run-dir is given {len(run_dirs)} times for {len(configs)} runs: "
             "give it once per run, in grid order, or not at all"
         )
-    return [absolute_dir(d) for d in run_dirs]
+    absolute = [p for d in run_dirs if (p := absolute_dir(d)) is not None]
+    check_distinct(absolute)
+    for run_dir in absolute:
+        check_free(run_dir, resume=False)
+    return list(absolute)
 
 
 def check_grid_can_travel(grid: Sequence[str]) -> None:

@@ -20,7 +20,9 @@ reads a run directory back (its ``History`` and ``RunSummary``).
 from __future__ import annotations
 
 import json
+import logging
 import math
+import reprlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import Field, dataclass, field, fields
@@ -31,11 +33,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from fedsim.comm import RoundTraffic
-from fedsim.config import Config, LogConfig
+from fedsim.config import Config, ConfigError, LogConfig
 
 if TYPE_CHECKING:
     from fedsim.results import RunSummary
     from fedsim.strategy.evaluate import EvalMetrics
+
+log = logging.getLogger(__name__)
 
 LOGGED: Mapping[str, bool] = MappingProxyType({"tensorboard": True})
 """Field metadata: a TensorBoard scalar every round the field has a value (a
@@ -234,12 +238,12 @@ class Tracker:
         """
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_round is not None:  # first: a refused resume records nothing
+            for name in ("metrics.jsonl", "comm.jsonl", "clients.jsonl"):
+                _truncate_rounds(run_dir / name, resume_round)
         (run_dir / "config.yaml").write_text(
             yaml.safe_dump(dict(config), sort_keys=False)
         )
-        if resume_round is not None:
-            for name in ("metrics.jsonl", "comm.jsonl", "clients.jsonl"):
-                _truncate_rounds(run_dir / name, resume_round)
         self.strategy = strategy
         # pFedPara's global accuracy is W1 alone: its TensorBoard tags say so.
         model = config.get("model") or {}
@@ -328,14 +332,37 @@ class Tracker:
 
 
 def _truncate_rounds(path: Path, first_dropped: int) -> None:
-    """Keep only the JSON rows of ``path`` whose round is before ``first_dropped``."""
+    """Keep only the JSON rows of ``path`` whose round is before ``first_dropped``.
+
+    A last line cut short (the process was killed, or the disk filled, while it
+    was written) is dropped with a warning: it belongs to a round that is run
+    again anyway. A broken line before the last one is not a cut: refused.
+
+    Raises
+    ------
+    ConfigError
+        A line other than the last is not a JSON row with a round.
+    """
     if not path.exists():
         return
-    keep = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["round"] < first_dropped
-    ]
+    lines = path.read_text(errors="replace").splitlines()
+    keep = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row_round = json.loads(line)["round"]
+        except (ValueError, TypeError, KeyError):
+            if number < len(lines):
+                raise ConfigError(
+                    f"{path} line {number} is not a JSON row with a round "
+                    f"({reprlib.repr(line)}): repair or delete that line, then "
+                    "resume again"
+                ) from None
+            log.warning("%s: dropped its cut-off last line (%d bytes)", path, len(line))
+            continue
+        if row_round < first_dropped:
+            keep.append(line)
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(f"{line}\n" for line in keep))
     tmp.replace(path)

@@ -24,11 +24,17 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Literal
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any, Literal
 
 from fedsim.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 AddressKind = Literal["dashboard", "client", "gcs"]
@@ -132,6 +138,7 @@ def start_ray(
     if ray.is_initialized():
         return False
     if address:
+        _check_answers(address)
         ray.init(address=address, log_to_driver=True)
         return True
     # Ray turns token auth on for a new local instance and warns about it each
@@ -139,24 +146,82 @@ def start_ray(
     notices = logging.getLogger(_TOKEN_NOTICE_LOGGER)
     notices.addFilter(_quiet_default_token_notice)
     try:
-        ray.init(
-            # "local": always a new instance; a bare ray.init() would try to
-            # join the last `ray start` cluster recorded in /tmp/ray, even a
-            # dead one.
-            address="local",
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-            include_dashboard=False,
-            _node_ip_address=LOOPBACK,
-            logging_level=logging.WARNING,
-            configure_logging=True,
-        )
+        with own_session():
+            ray.init(
+                # "local": always a new instance; a bare ray.init() would try to
+                # join the last `ray start` cluster recorded in /tmp/ray, even a
+                # dead one.
+                address="local",
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                _node_ip_address=LOOPBACK,
+                logging_level=logging.WARNING,
+                configure_logging=True,
+            )
     finally:
         notices.removeFilter(_quiet_default_token_notice)
     return True
 
 
+PROBE_SECONDS = 5.0
+
+
+def _check_answers(address: str, timeout: float = PROBE_SECONDS) -> None:
+    """Refuse, within ``timeout``, a ``HOST:PORT`` where nothing listens.
+
+    Ray itself retries a silent GCS for minutes; a mistyped port should say so
+    at once. Addresses without a port (``auto``) are Ray's to resolve.
+
+    Raises
+    ------
+    ConfigError
+        Nothing accepts a connection at the address.
+    """
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout).close()
+    except (OSError, OverflowError) as exc:
+        raise ConfigError(
+            f"no Ray cluster answers at {address} "
+            f"({getattr(exc, 'strerror', None) or exc}); start one with "
+            "`ray start --head`, or pass the address it printed"
+        ) from None
+
+
 _TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextlib.contextmanager
+def own_session() -> Iterator[None]:
+    """Ray's processes started in the block run in a session of their own.
+
+    ``timeout``, Slurm's scancel and systemd stop a job by signalling its whole
+    process group. Ray starts its daemons (GCS, raylet, and through the raylet
+    every worker: the driver actor, the client actors) in the caller's group,
+    with only SIGINT blocked, so a group SIGTERM killed them under the run and
+    it could neither finish its round nor checkpoint. In their own session the
+    signal reaches only this process, which stops the run as a SIGTERM to it
+    alone does; the daemons still die with this process (Ray sets their parent
+    death signal) and are stopped by :func:`stop_ray`.
+    """
+    from ray._private import services
+
+    popen = services.ConsolePopen
+
+    class SessionPopen(popen):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["start_new_session"] = True
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = SessionPopen  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        services.ConsolePopen = popen  # type: ignore[misc]
 
 
 def _quiet_default_token_notice(record: logging.LogRecord) -> bool:
@@ -164,8 +229,24 @@ def _quiet_default_token_notice(record: logging.LogRecord) -> bool:
     return "Token authentication is enabled for this Ray cluster" not in str(record.msg)
 
 
-def stop_ray() -> None:
-    """Disconnect from Ray (and stop an embedded instance)."""
+STOP_SECONDS = 15.0
+
+
+def stop_ray(timeout: float = STOP_SECONDS) -> None:
+    """Disconnect from Ray (and stop an embedded instance), within ``timeout``.
+
+    ``ray.shutdown`` can wait a minute on a GCS that is gone; past ``timeout``
+    this returns anyway (a warning says so), so a stopped run still exits with
+    its own code in time. The daemons of an embedded Ray end with this process
+    (their parent death signal).
+    """
     import ray
 
-    ray.shutdown()
+    done = threading.Thread(target=ray.shutdown, name="ray-shutdown", daemon=True)
+    done.start()
+    done.join(timeout)
+    if done.is_alive():
+        log.warning(
+            "Ray did not shut down within %.0f s; its processes end with this one",
+            timeout,
+        )

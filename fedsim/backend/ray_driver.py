@@ -33,6 +33,11 @@ from fedsim.tracking import RoundMetrics
 """Builds a run around its client pool: ``new_run(pool) -> Run``; picklable."""
 
 
+CLOSE_SECONDS = 15.0
+"""How long the caller waits for the actor to close its run (with
+:data:`~fedsim.backend.cluster.STOP_SECONDS`, within a scheduler's 30 s grace)."""
+
+
 @ray.remote(num_cpus=0, max_restarts=0)
 class DriverActor:
     """Owns a run (an :class:`~fedsim.experiment.Experiment`) inside the cluster.
@@ -100,7 +105,7 @@ class DriverHandle:
             self._next, self.run_dir = started
         except ray.exceptions.RayTaskError as exc:
             ray.kill(self._actor)
-            if isinstance(exc.cause, ConfigError | DataError):
+            if isinstance(exc.cause, ConfigError | DataError | OSError):
                 raise exc.cause from None  # a fix-it message, not a remote traceback
             raise
         except BaseException:
@@ -116,8 +121,8 @@ class DriverHandle:
         try:
             metrics: RoundMetrics = ray.get(self._actor.step.remote())
         except ray.exceptions.RayTaskError as exc:
-            if isinstance(exc.cause, RunStopped):
-                raise exc.cause from None  # says how to resume; no remote traceback
+            if isinstance(exc.cause, RunStopped | OSError):
+                raise exc.cause from None  # one line (how to resume; a full disk)
             raise
         except ray.exceptions.RayActorError as exc:
             # Its node was lost, or its process killed: the checkpoint remains.
@@ -141,5 +146,5 @@ class DriverHandle:
         """Close the run and end the actor (idempotent)."""
         # A RayError here means the actor is gone already, its client actors too.
         with contextlib.suppress(ray.exceptions.RayError):
-            ray.get(self._actor.close.remote(), timeout=60)
+            ray.get(self._actor.close.remote(), timeout=CLOSE_SECONDS)
         ray.kill(self._actor)

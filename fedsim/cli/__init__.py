@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -42,6 +43,7 @@ from fedsim.cli.common import EXIT_USAGE, is_override
 from fedsim.config import ConfigError
 from fedsim.data import DataError
 from fedsim.loop import RunStopped
+from fedsim.rundir import INPUT_ERRNOS, os_problem
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": run.command,
@@ -113,3 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunStopped as exc:
         print(f"fedsim: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a path or the disk, in plain words
+        print(f"fedsim: error: {os_problem(exc, '')}", file=sys.stderr)
+        return EXIT_USAGE if exc.errno in INPUT_ERRNOS else 1
+    except KeyboardInterrupt:  # a second Ctrl-C, during start-up or teardown
+        print("fedsim: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from fedsim.config import Config
 from fedsim.launch import BackendName
 from fedsim.loop import RunResult
+from fedsim.quote import quoted
 
 if TYPE_CHECKING:
     from fedsim.report import ReportOutput
@@ -129,6 +130,7 @@ def summary_paragraph(cfg: Config, result: RunResult) -> str:
         f"{s.num_params_travelling:,} parameters travelling) reached "
         f"{' and '.join(reached) or 'no evaluation'} after "
         f"{s.total_bytes / 1e9:.4f} GB of traffic in {s.wall_seconds:.1f} s.\n"
-        f"run directory: {result.run_dir}\n"
-        f"TensorBoard:   tensorboard --logdir {result.run_dir / 'tb'} --host 127.0.0.1"
+        f"run directory: {quoted(result.run_dir)}\n"
+        f"TensorBoard:   tensorboard --logdir {quoted(result.run_dir / 'tb')} "
+        "--host 127.0.0.1"
     )

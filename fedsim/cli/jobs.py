@@ -14,6 +14,7 @@ from fedsim.backend.cluster import dashboard_address
 from fedsim.cli.common import add_config_arguments
 from fedsim.config import Config, ConfigError, LogConfig, load_config
 from fedsim.launch import resolve_paths
+from fedsim.quote import quoted
 
 DASHBOARD_HELP = "Ray dashboard address (default RAY_ADDRESS)"
 
@@ -44,7 +45,7 @@ def submit(args: argparse.Namespace) -> int:
     # Fails before the cluster; the resolved config is what travels.
     cfg = job_config(load_config(args.config, args.overrides), args.address)
     run_dir = new_run_dir(cfg)
-    print(f"run directory: {run_dir} (written by the job)")
+    print(f"run directory: {quoted(run_dir)} (written by the job)")
     command = jobs.entrypoint("train", ["--run-dir", str(run_dir)])
     return follow_submitted(jobs.submit(cfg, command, args.address), args)
 

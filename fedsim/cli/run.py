@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from functools import partial
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from fedsim.data import check_available
 from fedsim.launch import BackendName, absolute_dir, launch, resolve_paths
 from fedsim.loop import Run
 from fedsim.model import check_model_fits
+from fedsim.rundir import check_free, check_writable
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -82,11 +84,24 @@ def _split_config(
     if (
         config is not None
         and is_override(config)
-        and not Path(config).exists()
+        and not _exists(config)
         and not any(sep in config.partition("=")[0] for sep in "/\\")
     ):
         return None, [config, *overrides]
     return config, overrides
+
+
+def _memory() -> float:
+    """The memory of the machine (bytes) where the driver loads the data."""
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _exists(word: str) -> bool:
+    """Whether ``word`` names an existing path (a word too long for one: no)."""
+    try:
+        return Path(word).exists()
+    except OSError:
+        return False
 
 
 def new_experiment(
@@ -117,7 +132,11 @@ def run_and_report(
     """
     # Before Ray or torch start: the data is there and the model can take it.
     check_available(cfg.data.name, cfg.data.root)
+    cfg.data_request().check_fits(_memory())
     check_model_fits(cfg)
+    # Before Ray starts: where the run writes is free and writable.
+    check_writable(Path(cfg.log.root), cfg.name)
+    check_free(run_dir, resume=resume)
     new_run = partial(new_experiment, cfg, run_dir, resume)
     result = launch(cfg, new_run, backend=backend, address=address)
     print(summary_paragraph(cfg, result))

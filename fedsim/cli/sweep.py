@@ -32,6 +32,7 @@ from fedsim.config import Config, ConfigError, load_config
 from fedsim.data import check_available
 from fedsim.launch import ray_cluster, resolve_paths
 from fedsim.model import check_model_fits
+from fedsim.quote import quoted
 from fedsim.registry import STRATEGIES
 
 if TYPE_CHECKING:
@@ -219,7 +220,7 @@ def _submit_sweep(
     run_dirs = [new_run_dir(resolve_paths(cfg)) for cfg in configs]
     out = args.out or new_run_dir(replace(base, name=f"{base.name}_sweep"))
     for run_dir in run_dirs:
-        print(f"run directory: {run_dir} (written by the job)")
+        print(f"run directory: {quoted(run_dir)} (written by the job)")
     print(f"report:        {out} (written by the job)")
     command = jobs.entrypoint(
         "sweep",

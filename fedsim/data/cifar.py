@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.data.base import DataError
+from fedsim.quote import shown
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 # Each requirement is satisfied when any one of its alternative paths exists.
@@ -83,9 +84,26 @@ def _field(batch: dict[Any, Any], key: str, path: Path) -> Any:
         if candidate in batch:
             return batch[candidate]
     raise DataError(
-        f"{path} has no {key!r} entry (keys: {sorted(map(str, batch))}); it is not a "
+        f"{path} has no {key!r} entry (keys: {shown(sorted(map(str, batch)))}); "
+        "it is not a "
         f"CIFAR batch. Delete the folder and fetch it again with fedsim data download"
     )
+
+
+_UNREADABLE = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,  # a pickle naming what does not exist
+    ImportError,
+    KeyError,
+    IndexError,
+    OverflowError,
+    RecursionError,
+    IsADirectoryError,
+)
+"""What unpickling (and reading the arrays of) a broken batch file raises."""
 
 
 def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -93,15 +111,21 @@ def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         with path.open("rb") as handle:
             batch = pickle.load(handle, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+        if not isinstance(batch, dict):
+            raise DataError(f"{path} holds a {type(batch).__name__}, not a CIFAR dict")
+        data = np.asarray(_field(batch, "data", path), dtype=np.uint8)
+        raw_labels = np.asarray(_field(batch, label_key, path))
+        if raw_labels.size and raw_labels.dtype.kind not in "iu":  # 1.7: no class
+            raise DataError(f"{path}: labels are {raw_labels.dtype}, not integers")
+        labels = raw_labels.astype(np.int64)
+    except DataError:
+        raise
+    except _UNREADABLE as err:
         raise DataError(
-            f"{path} is not a readable CIFAR pickle ({err}). Delete the folder and "
-            f"fetch it again with fedsim data download"
+            f"{path} is not a readable CIFAR pickle ({type(err).__name__}: "
+            f"{shown(str(err))}). Delete the folder and fetch it again with "
+            "fedsim data download"
         ) from err
-    if not isinstance(batch, dict):
-        raise DataError(f"{path} holds a {type(batch).__name__}, not a CIFAR dict")
-    data = np.asarray(_field(batch, "data", path), dtype=np.uint8)
-    labels = np.asarray(_field(batch, label_key, path), dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise DataError(
             f"{path}: data has shape {data.shape} and {len(labels)} labels; expected "

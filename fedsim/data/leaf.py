@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from fedsim.data.base import DataError, DatasetNotFoundError
+from fedsim.quote import shown
 
 Requirement = tuple[Path, ...]
 # x_train, y_train, x_test, y_test, users (index arrays into the train split) and
@@ -96,9 +97,17 @@ def _read_split(folder: Path) -> UserData:
                 xs, ys = merged.setdefault(str(user), ([], []))
                 xs.extend(data["x"])
                 ys.extend(data["y"])
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        except (
+            ValueError,  # JSONDecodeError, UnicodeDecodeError (not UTF-8)
+            KeyError,
+            TypeError,
+            AttributeError,
+            RecursionError,  # nested too deep
+            IsADirectoryError,
+        ) as err:
             raise DataError(
-                f"{path} is not a LEAF json file ({type(err).__name__}: {err}); "
+                f"{path} is not a LEAF json file ({type(err).__name__}: "
+                f"{shown(str(err))}); "
                 f'expected {{"user_data": {{user: {{"x": [...], "y": [...]}}}}}}. '
                 f"Rerun LEAF's preprocess.sh"
             ) from err
@@ -136,13 +145,20 @@ def _femnist_user(
     raw_x: list[Any], raw_y: list[Any], user: str
 ) -> tuple[np.ndarray, np.ndarray]:
     try:
+        if not all(type(label) is int for label in raw_y):  # 1.7 is not class 1
+            raise TypeError("a label is not an integer")
         x = np.asarray(raw_x, dtype=np.float32).reshape(-1, 1, 28, 28)
         y = np.asarray(raw_y, dtype=np.int64)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, OverflowError) as err:
         raise DataError(
-            f"FEMNIST user {user!r}: each x must be 784 numbers and each y an "
-            f"integer ({err}); rerun LEAF's preprocess.sh"
+            f"FEMNIST user {shown(user)}: each x must be 784 numbers and each y an "
+            f"integer ({shown(str(err))}); rerun LEAF's preprocess.sh"
         ) from err
+    if not np.isfinite(x).all():
+        raise DataError(
+            f"FEMNIST user {shown(user)}: some pixels are NaN or infinite; rerun "
+            "LEAF's preprocess.sh"
+        )
     if len(x) != len(y) or (y.size and (y.min() < 0 or y.max() >= FEMNIST_CLASSES)):
         raise DataError(
             f"FEMNIST user {user!r}: labels must be in [0, {FEMNIST_CLASSES}) with one "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fedsim.data.base import FederatedData
+from fedsim.data.base import DataError, FederatedData
 from fedsim.data.loaders import dataset_info, load_dataset
 from fedsim.data.partition import Partition, PartitionSpec, make_partition
 
@@ -56,6 +56,24 @@ class DataRequest:
             image = math.prod(dataset_info(self.name).input_shape)  # uint8
             return (self.synthetic_train + self.synthetic_test) * (image + 8)
         return math.inf
+
+    def check_fits(self, memory: float) -> None:
+        """Refuse generated data larger than ``memory`` bytes, before making it.
+
+        >>> DataRequest("synthetic_cifar", None, PartitionSpec("iid", 4), 0,
+        ...             synthetic_train=10**7).check_fits(16e9)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        fedsim.data.base.DataError: ... need about 30.8 GB of memory, more than ...
+        """
+        need = self.approx_bytes()
+        if math.isfinite(need) and need > memory:
+            raise DataError(
+                f"data.synthetic_train={self.synthetic_train} and "
+                f"data.synthetic_test={self.synthetic_test} need about "
+                f"{need / 1e9:.1f} GB of memory, more than the {memory / 1e9:.1f} GB "
+                "here; make them smaller"
+            )
 
     def __call__(self) -> tuple[FederatedData, Partition]:
         """The dataset and its partition."""

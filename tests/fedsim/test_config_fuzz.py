@@ -202,3 +202,55 @@ def test_params_exits_0_or_2_with_one_error_line(
     else:
         assert code == 2, err.getvalue()
         assert len(errors) == 1 and errors[0].startswith("fedsim: error:"), errors
+
+
+@st.composite
+def alias_documents(draw: st.DrawFn) -> str:
+    """A document whose value at a real key is a YAML alias bomb (nested lists).
+
+    ``width ** depth`` leaves from a few hundred bytes of text: an error message
+    that quoted the whole value would take minutes and gigabytes.
+    """
+    depth = draw(st.integers(min_value=1, max_value=9))
+    width = draw(st.integers(min_value=2, max_value=10))
+    leaf = _yaml_value(draw(scalars))
+    items = [f"&a0 [{', '.join([leaf] * width)}]"]
+    items += [f"&a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, depth)]
+    key = draw(st.sampled_from(DOTTED))
+    section, _, name = key.rpartition(".")
+    head = f"{section}:\n  " if section else ""
+    return f"{head}{name}: [{', '.join(items)}]\n"
+
+
+exponents = st.builds(
+    lambda sign, mantissa, exp: f"{sign}{mantissa}e{exp}",
+    st.sampled_from(["", "-", "+"]),
+    st.integers(min_value=0, max_value=99),
+    st.integers(min_value=-12, max_value=12).map(str) | st.just("+3"),
+)
+
+
+@settings(FUZZ, max_examples=40)
+@given(text=alias_documents())
+def test_alias_bombs_give_a_short_config_error(config_file: Path, text: str) -> None:
+    config_file.write_text(text, encoding="utf-8")
+    try:
+        cfg = load_config(config_file, [])
+    except ConfigError as exc:
+        assert 0 < len(str(exc)) < 1000
+        return
+    _check_valid(cfg)
+
+
+@settings(FUZZ, max_examples=40)
+@given(
+    number=exponents, key=st.sampled_from(["data.alpha", "model.gamma", "client.lr"])
+)
+def test_exponent_floats_are_numbers(number: str, key: str) -> None:
+    try:
+        cfg = load_config(None, [f"{key}={number}"])
+    except ConfigError as exc:
+        assert "must be a number" not in str(exc), exc  # read as a number
+        return
+    section, _, name = key.partition(".")
+    assert getattr(getattr(cfg, section), name) == float(number)

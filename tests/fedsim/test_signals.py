@@ -20,9 +20,12 @@ from tests.fixtures import QUICKSTART, REPO
 pytestmark = pytest.mark.slow
 
 
-def start_run(tmp_path: Path, *args: str, mark: str = "") -> subprocess.Popen[str]:
+def start_run(
+    tmp_path: Path, *args: str, mark: str = "", wrapper: list[str] | None = None
+) -> subprocess.Popen[str]:
     env = {**os.environ, "FEDSIM_TEST_MARK": mark or uuid.uuid4().hex}
     cmd = [
+        *(wrapper or []),
         sys.executable,
         "-m",
         "fedsim",
@@ -80,16 +83,12 @@ def processes_marked(mark: str) -> list[int]:
 
 
 def resume(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return resume_dir(tmp_path / "run", *args)
+
+
+def resume_dir(run_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedsim",
-            "run",
-            "--resume",
-            str(tmp_path / "run"),
-            *args,
-        ],
+        [sys.executable, "-m", "fedsim", "run", "--resume", str(run_dir), *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -219,3 +218,64 @@ def test_sigterm_stops_a_compare_resumably(tmp_path: Path) -> None:
     assert "Traceback" not in err and not (tmp_path / "quickstart_fedpara").exists()
     assert (first / "checkpoints" / "last.pt").is_file()  # written at the stop
     assert not (tmp_path / "report").exists()  # no report of a stopped set
+
+
+def test_group_sigterm_through_timeout_on_ray_checkpoints_and_resumes(
+    tmp_path: Path,
+) -> None:
+    # `timeout`, scancel and systemd signal the whole process group: Ray's own
+    # processes must not die under the run, even with checkpoints off.
+    mark = uuid.uuid4().hex
+    over = ["log.checkpoint_every=0", "rounds=200"]
+    proc = start_run(tmp_path, *over, mark=mark, wrapper=["timeout", "600"])
+    try:
+        wait_for_rows(tmp_path / "run", 2, proc)
+        proc.send_signal(signal.SIGTERM)  # timeout passes it on to its group
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert f"resume with: fedsim run --resume {tmp_path / 'run'}" in err, err
+    assert "Traceback" not in err
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    deadline = time.monotonic() + 30
+    while processes_marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_marked(mark) == []
+    done = len(read_metrics(tmp_path / "run"))
+    finished = resume(tmp_path, f"rounds={done + 2}", "--backend", "local")
+    assert finished.returncode == 0, finished.stderr
+    assert [r["round"] for r in rows(tmp_path / "run")] == list(range(done + 2))
+
+
+def test_group_sigterm_through_timeout_stops_a_ray_sweep_resumably(
+    tmp_path: Path,
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    cmd = [
+        "timeout", "600", sys.executable, "-m", "fedsim", "sweep", str(QUICKSTART),
+        "--grid", "model.gamma=0.3,0.5", "--max-concurrent", "1",
+        "--run-dir", str(first), "--run-dir", str(second),
+        "rounds=200", "data.num_clients=6", "server.clients_per_round=3",
+        "client.epochs=1", "log.progress=false", "log.checkpoint_every=0",
+        f"log.root={tmp_path}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for_rows(first, 2, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "sweep stopped by SIGTERM: 0 of 2 runs finished" in err
+    assert f"resume with: fedsim run --resume {first}" in err
+    assert "Traceback" not in err
+    done = len(read_metrics(first))
+    finished = resume_dir(first, f"rounds={done + 1}", "--backend", "local")
+    assert finished.returncode == 0, finished.stderr
+    assert [r["round"] for r in read_metrics(first)] == list(range(done + 1))
