@@ -1,0 +1,388 @@
+"""Training clients together: one worker trains up to K clients as one step.
+
+With ``resources.clients_per_actor`` K > 1, a worker's share of the cohort is
+trained K clients at a time. Every tensor of the model is stacked along a new
+first dimension, one row per *slot*; one vectorized step
+(``torch.func.vmap`` over ``grad`` of ``functional_call``) computes every
+slot's loss and gradients on its own batch, and one foreach SGD update moves
+every slot by its own learning rate, with its own momentum buffer. Each client
+keeps what it has alone: its data, its batch order and augmentation draws
+(:meth:`ClientRunner.batch_plan <fedsim.client.ClientRunner.batch_plan>`, the
+same draws as the sequential path), its learning rate and its algorithm state.
+The algorithm's ``loss`` and ``gradients`` hooks are pure tensor functions
+(:mod:`fedsim.algorithm`), so they run inside the vectorized step unchanged,
+on each slot's own state (FedProx's anchor, SCAFFOLD's correction, FedDyn's
+terms); ``begin`` and ``end`` run per client on its slot's rows. Local parts
+(pFedPara's W2, FedPer's head, a local-only model) are rows like the rest.
+
+Slot refill: clients take different numbers of steps. When a slot's client
+has taken its last step, its reply is built from its rows and the next client
+of the queue is loaded into the slot. A slot with no client left runs masked
+steps: a zero learning rate and unchanged momentum, so its rows do not move.
+:attr:`CohortTrainer.occupancy` is the share of slot-steps that trained a
+client.
+
+Within a batch, short batches are padded (:mod:`fedsim.data.batches`): their
+filler rows weigh 0, so a slot's loss and gradients are its real rows'.
+
+The results are the sequential path's to float rounding (a vectorized
+convolution is a grouped convolution, summed in another order). Dropout draws
+differ from the sequential path's: they come from the global generator seeded
+once per call, so for a fixed cohort and K a run repeats exactly.
+
+Example
+-------
+>>> slot_steps = [11, 3, 3, 3]  # four clients on two slots, refilled
+>>> occupancy_of(slot_steps, slots=2, steps_run=11)
+0.9090909090909091
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from fedsim.algorithm import AlgoState, ClientAlgorithm
+from fedsim.data.batches import Batch, client_batches
+from fedsim.messages import MODEL, Channels, ClientFailure, ClientTask, ClientUpdate
+from fedsim.params import moved
+from lightning_modules.classifier import weighted_cross_entropy
+
+if TYPE_CHECKING:
+    from fedsim.client import ClientRunner
+
+StackedState = dict[str, dict[str, Tensor]]
+"""Step state of every slot: ``{namespace: {name: (K, ...)}}``."""
+
+
+def occupancy_of(client_steps: Sequence[int], *, slots: int, steps_run: int) -> float:
+    """Share of the ``slots * steps_run`` slot-steps that trained a client."""
+    total = slots * steps_run
+    return sum(client_steps) / total if total else 1.0
+
+
+@dataclass(frozen=True)
+class _GroupKey:
+    """What the clients of one vectorized run share."""
+
+    batch_size: int
+    momentum: float
+    weight_decay: float
+    algorithm: ClientAlgorithm
+    travelling: tuple[str, ...]
+
+
+@dataclass(eq=False)
+class _Slot:
+    """The client a slot trains: its task, state, batches and progress."""
+
+    task: ClientTask
+    payload: Channels
+    state: AlgoState
+    batches: Iterator[Batch]
+    started: float
+    steps: int = 0
+
+
+@dataclass
+class CohortRun:
+    """What a call of :meth:`CohortTrainer.train` did (for metrics)."""
+
+    steps_run: int = 0
+    client_steps: list[int] = field(default_factory=list)
+
+    def occupancy(self, slots: int) -> float:
+        """Share of slot-steps that trained a client."""
+        return occupancy_of(self.client_steps, slots=slots, steps_run=self.steps_run)
+
+
+class CohortTrainer:
+    """Trains a worker's clients ``slots`` at a time, as one vectorized step.
+
+    Parameters
+    ----------
+    runner
+        The worker's :class:`~fedsim.client.ClientRunner`: its model, data,
+        layout and device (its own training path is not used).
+    slots
+        K, the clients trained at once.
+    """
+
+    def __init__(self, runner: ClientRunner, slots: int) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.runner, self.slots = runner, slots
+        self.model: nn.Module = runner.module.model
+        self.device = runner.device
+
+        def stacked(t: Tensor) -> Tensor:  # (K, ...) rows of t
+            return t.detach().unsqueeze(0).repeat(slots, *[1] * t.dim()).clone()
+
+        self.params = {n: stacked(p) for n, p in self.model.named_parameters()}
+        self.buffers = {n: stacked(b) for n, b in self.model.named_buffers()}
+        self.neg_lr = torch.zeros(slots, device=self.device)  # -lr of each slot
+        self.loss_sum = torch.zeros(slots, device=self.device)  # of its last epoch
+        self.last_run = CohortRun()
+
+    # ------------------------------------------------------------------ training
+
+    def train(
+        self, jobs: Sequence[tuple[ClientTask, Channels]], payload: Channels
+    ) -> Iterator[ClientUpdate | ClientFailure]:
+        """Train every ``(task, kept state)``; yield each reply as it finishes.
+
+        Clients whose batch size, optimizer settings, algorithm or travelling
+        tensors differ cannot share a step: they run in separate groups, one
+        after another. :attr:`last_run` then holds the slot occupancy.
+        """
+        self.last_run = CohortRun()
+        groups: dict[_GroupKey, list[tuple[ClientTask, Channels]]] = {}
+        for task, kept in jobs:
+            groups.setdefault(self._key(task, payload), []).append((task, kept))
+        if jobs:  # dropout: one stream per call, the same for a fixed cohort and K
+            torch.manual_seed(jobs[0][0].seed)
+        self.runner.module.train()
+        for key, members in groups.items():
+            yield from self._run_group(key, members, payload)
+
+    def _key(self, task: ClientTask, payload: Channels) -> _GroupKey:
+        hp = task.hparams
+        model_in = {**payload, **task.payload}.get(MODEL, {})
+        travelling = tuple(n for n in self.params if n in model_in)
+        return _GroupKey(
+            hp.batch_size, hp.momentum, hp.weight_decay, task.algorithm, travelling
+        )
+
+    def _run_group(
+        self,
+        key: _GroupKey,
+        members: Sequence[tuple[ClientTask, Channels]],
+        payload: Channels,
+    ) -> Iterator[ClientUpdate | ClientFailure]:
+        queue = deque(members)
+        slots: list[_Slot | None] = [None] * self.slots
+        step_state: StackedState = {}
+        momentum = (
+            {n: torch.zeros_like(p) for n, p in self.params.items()}
+            if key.momentum
+            else {}
+        )
+        vectorized = self._vectorized(key)
+        filler: dict[tuple[int, ...], Batch] = {}
+        while True:
+            batches: list[Batch | None] = [None] * self.slots
+            for k in range(self.slots):
+                while batches[k] is None:
+                    slot = slots[k]
+                    if slot is None:
+                        if not queue:
+                            break
+                        task, kept = queue.popleft()
+                        try:
+                            slots[k] = self._start(
+                                k, key, task, {**payload, **task.payload}, kept,
+                                step_state, momentum,
+                            )  # fmt: skip
+                        except Exception as exc:  # that client fails, not the run
+                            yield _failure(task.client_id, exc)
+                        continue
+                    batch = next(slot.batches, None)
+                    if batch is None:
+                        slots[k] = None
+                        yield self._finish(k, key, slot)
+                        continue
+                    if batch.first:
+                        self.loss_sum[k] = 0.0
+                    slot.steps += 1
+                    batches[k] = batch
+            if all(b is None for b in batches):
+                return
+            self.last_run.steps_run += 1
+            x, y, w = _stack(batches, filler)
+            try:
+                self._step(key, vectorized, step_state, momentum, x, y, w)
+            except Exception as exc:  # every client of the step fails
+                for k, slot in enumerate(slots):
+                    if slot is not None and batches[k] is not None:
+                        slots[k] = None
+                        yield _failure(slot.task.client_id, exc)
+
+    def _start(
+        self,
+        k: int,
+        key: _GroupKey,
+        task: ClientTask,
+        payload: Channels,
+        kept: Channels,
+        step_state: StackedState,
+        momentum: Mapping[str, Tensor],
+    ) -> _Slot:
+        """Load a client into slot ``k``: its model, state, batches and lr."""
+        started = time.perf_counter()
+        state = {**payload.get(MODEL, {}), **self.runner.load_local(kept)}
+        self._load_rows(k, state)
+        for buf in momentum.values():
+            buf[k].zero_()
+        params = {n: self.params[n][k] for n in key.travelling}
+        algo_state = key.algorithm.begin(params, payload, kept)  # type: ignore[arg-type]
+        for ns in key.algorithm.step_state:
+            group = step_state.setdefault(ns, {})
+            for name, t in algo_state[ns].items():
+                if name not in group:
+                    group[name] = t.new_zeros((self.slots, *t.shape))
+                group[name][k].copy_(t)
+        x_all, y_all = self.runner.client_examples(task.client_id)
+        plan = self.runner.batch_plan(task, len(y_all))
+        info = self.runner.data.info
+        batches = client_batches(x_all, y_all, info, plan, pad=True)
+        self.neg_lr[k] = -task.hparams.lr
+        self.loss_sum[k] = 0.0
+        return _Slot(task, payload, algo_state, batches, started)
+
+    def _load_rows(self, k: int, state: Mapping[str, Tensor]) -> None:
+        """Copy a client's model state into row ``k`` (strict, as load_state_dict)."""
+        rows = {**self.params, **self.buffers}
+        missing, unexpected = rows.keys() - state.keys(), state.keys() - rows.keys()
+        if missing or unexpected:
+            raise RuntimeError(
+                f"the client's model state does not match the model: missing "
+                f"{sorted(missing)}, unexpected {sorted(unexpected)}"
+            )
+        if self.device.type != "cpu":
+            state = moved(state, self.device)
+        with torch.no_grad():
+            for name, t in state.items():
+                if tuple(t.shape) != tuple(rows[name].shape[1:]):
+                    raise RuntimeError(
+                        f"size mismatch for {name}: got {tuple(t.shape)}, the "
+                        f"model has {tuple(rows[name].shape[1:])}"
+                    )
+                rows[name][k].copy_(t)
+
+    def _finish(
+        self, k: int, key: _GroupKey, slot: _Slot
+    ) -> ClientUpdate | ClientFailure:
+        """The reply of slot ``k``'s client, from its rows."""
+        task = slot.task
+        try:
+            params = {n: self.params[n][k] for n in key.travelling}
+            outcome = key.algorithm.end(
+                slot.state,
+                params,  # type: ignore[arg-type]
+                slot.steps,
+                task.hparams.lr,
+            )
+            rows = {**self.params, **self.buffers}
+            self.last_run.client_steps.append(slot.steps)
+            return self.runner.reply(
+                task,
+                slot.payload,
+                {n: t[k] for n, t in rows.items()},
+                outcome,
+                steps=slot.steps,
+                loss_sum=float(self.loss_sum[k]),
+                seconds=time.perf_counter() - slot.started,
+            )
+        except Exception as exc:
+            return _failure(task.client_id, exc)
+
+    # -------------------------------------------------------------- the step
+
+    def _vectorized(self, key: _GroupKey) -> Callable[..., Any]:
+        """Every slot's ``(gradients, loss)`` from its rows, state and batch."""
+        model, algorithm, travelling = self.model, key.algorithm, key.travelling
+        autocast = self.runner.engine.autocast  # no weight cache, as captured
+
+        def client(
+            params: dict[str, Tensor],
+            buffers: dict[str, Tensor],
+            state: StackedState,
+            x: Tensor,
+            y: Tensor,
+            w: Tensor,
+        ) -> tuple[dict[str, Tensor], Tensor]:
+            def objective(p: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+                with autocast():
+                    logits = functional_call(model, {**p, **buffers}, (x,))
+                loss = weighted_cross_entropy(logits, y, w)
+                named = {n: p[n] for n in travelling}
+                return algorithm.loss(state, named, loss), loss  # type: ignore[arg-type]
+
+            grads, loss = grad(objective, has_aux=True)(params)
+            corrected = algorithm.gradients(state, {n: grads[n] for n in travelling})
+            return {**grads, **corrected}, loss
+
+        return vmap(client, randomness="different")  # type: ignore[no-any-return]
+
+    def _step(
+        self,
+        key: _GroupKey,
+        vectorized: Callable[..., Any],
+        step_state: StackedState,
+        momentum: Mapping[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        w: Tensor,
+    ) -> None:
+        """One step of every slot; an empty slot (all weights 0) does not move."""
+        grads, losses = vectorized(self.params, self.buffers, step_state, x, y, w)
+        with torch.no_grad():
+            counts = (w > 0).sum(1)  # (K,) real rows; 0 in an empty slot
+            active = (counts > 0).to(self.neg_lr.dtype)
+            self.loss_sum.add_(losses.detach().float() * counts)
+            names = list(self.params)
+            params = [self.params[n] for n in names]
+            step = [grads[n] for n in names]
+            if key.weight_decay:
+                step = list(torch._foreach_add(step, params, alpha=key.weight_decay))
+            if key.momentum:  # buf <- m * buf + g; an empty slot keeps its buffer
+                keep = active * key.momentum + (1 - active)
+                buffers = [momentum[n] for n in names]
+                torch._foreach_mul_(buffers, _rows(keep, params))
+                torch._foreach_add_(
+                    buffers, torch._foreach_mul(step, _rows(active, params))
+                )
+                step = buffers
+            torch._foreach_add_(
+                params, torch._foreach_mul(step, _rows(self.neg_lr * active, params))
+            )
+
+
+def _rows(values: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
+    """``values`` (K,) viewed as ``(K, 1, ...)`` against each stacked tensor."""
+    return [values.view(-1, *[1] * (t.dim() - 1)) for t in like]
+
+
+def _stack(
+    batches: Sequence[Batch | None], filler: dict[tuple[int, ...], Batch]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The slots' batches as ``(K, B, ...)``; an empty slot gets a zero batch."""
+    real = next(b for b in batches if b is not None)
+    shape = tuple(real.x.shape)
+    empty = filler.get(shape)
+    if empty is None:
+        weight = torch.zeros(len(real.y), device=real.y.device)
+        empty = filler[shape] = Batch(
+            torch.zeros_like(real.x), torch.zeros_like(real.y), weight, 0
+        )
+    picked = [b if b is not None else empty for b in batches]
+    if any(b.weight is None for b in picked):
+        raise ValueError("a vectorized step takes padded batches")
+    x = torch.stack([b.x for b in picked])
+    y = torch.stack([b.y for b in picked])
+    w = torch.stack([b.weight for b in picked])  # type: ignore[misc]
+    return x, y, w
+
+
+def _failure(client_id: int, exc: BaseException) -> ClientFailure:
+    """As the backends record a client's exception: its one-line reason."""
+    reason = "".join(traceback.format_exception_only(exc)).strip()
+    return ClientFailure(client_id=client_id, reason=reason)
