@@ -39,6 +39,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from collections import deque
@@ -55,9 +56,13 @@ from fedsim.data.batches import Batch, client_batches
 from fedsim.messages import MODEL, Channels, ClientFailure, ClientTask, ClientUpdate
 from fedsim.params import moved
 from lightning_modules.classifier import weighted_cross_entropy
+from lightning_modules.layers import FactorizedLayer
 
 if TYPE_CHECKING:
     from fedsim.client import ClientRunner
+
+SLOT_OCCUPANCY = "slot_occupancy"
+"""A client's metric: the occupancy of the vectorized run it trained in."""
 
 StackedState = dict[str, dict[str, Tensor]]
 """Step state of every slot: ``{namespace: {name: (K, ...)}}``."""
@@ -152,6 +157,25 @@ class CohortTrainer:
         self.runner.module.train()
         for key, members in groups.items():
             yield from self._run_group(key, members, payload)
+
+    def train_in_order(
+        self, jobs: Sequence[tuple[ClientTask, Channels]], payload: Channels
+    ) -> list[ClientUpdate | ClientFailure]:
+        """:meth:`train`'s replies in the order of ``jobs``.
+
+        Each update's metrics gain ``slot_occupancy``, the share of this
+        call's slot-steps that trained a client.
+        """
+        replies = {r.client_id: r for r in self.train(jobs, payload)}
+        occupancy = self.last_run.occupancy(self.slots)
+        out: list[ClientUpdate | ClientFailure] = []
+        for task, _ in jobs:
+            reply = replies[task.client_id]
+            if isinstance(reply, ClientUpdate):
+                metrics = {**reply.metrics, SLOT_OCCUPANCY: occupancy}
+                reply = dataclasses.replace(reply, metrics=metrics)
+            out.append(reply)
+        return out
 
     def _key(self, task: ClientTask, payload: Channels) -> _GroupKey:
         hp = task.hparams
@@ -386,3 +410,52 @@ def _failure(client_id: int, exc: BaseException) -> ClientFailure:
     """As the backends record a client's exception: its one-line reason."""
     reason = "".join(traceback.format_exception_only(exc)).strip()
     return ClientFailure(client_id=client_id, reason=reason)
+
+
+# ------------------------------------------------------------------ memory
+
+ALGORITHM_COPIES = 3
+"""Model-sized tensors a client's algorithm may hold on the device (FedDyn's
+anchor and ``g_i``, the snapshot its ``begin`` takes)."""
+
+
+def slot_bytes(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    batch_size: int,
+    integer_inputs: bool,
+    momentum: bool,
+) -> int:
+    """Estimated device bytes of one slot: one client trained in the step.
+
+    Its rows (parameters, gradients, momentum, up to
+    :data:`ALGORITHM_COPIES` algorithm copies), its composed FedPara weights
+    (kept for backward, with their gradients), its batch and its activations
+    (every leaf module's output at this batch size, kept for backward, with
+    its gradient), measured by one forward pass of one example.
+    """
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    param_bytes += sum(b.numel() * b.element_size() for b in model.buffers())
+    copies = 2 + int(momentum) + ALGORITHM_COPIES
+    per_example = [0]
+    composed = [0]
+
+    def count(module: nn.Module, _: Any, out: Any) -> None:
+        if isinstance(module, FactorizedLayer):
+            w = module.composed_weight()
+            composed[0] += w.numel() * w.element_size()
+        if isinstance(out, Tensor) and not list(module.children()):
+            per_example[0] += out.numel() * out.element_size()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()]
+    dtype = torch.long if integer_inputs else torch.float32
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), dtype=dtype))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    example = torch.zeros(input_shape, dtype=dtype)
+    batch = batch_size * (2 * per_example[0] + example.numel() * example.element_size())
+    return copies * param_bytes + 2 * composed[0] + batch

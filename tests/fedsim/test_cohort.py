@@ -1,0 +1,220 @@
+"""Training clients together: K clients per vectorized step = K clients in turn."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedsim.algorithm import ClientAlgorithm
+from fedsim.client import ClientRunner
+from fedsim.cohort import SLOT_OCCUPANCY, CohortTrainer, occupancy_of
+from fedsim.config import ConfigError
+from fedsim.data import Partition
+from fedsim.messages import LOCAL, MODEL, Channels, ClientTask, ClientUpdate
+from fedsim.model import build_backbone, check_slots_fit, worker_spec
+from fedsim.params import StateLayout, initial_state
+from fedsim.strategy.feddyn import FedDynClient
+from fedsim.strategy.fedprox import FedProxClient
+from fedsim.strategy.scaffold import ScaffoldClient
+from tests.fixtures import load_data, tiny_config, tiny_task
+
+ALGORITHMS = {
+    "fedavg": ClientAlgorithm(),
+    "fedprox": FedProxClient(mu=0.5),
+    "scaffold": ScaffoldClient(),
+    "feddyn": FedDynClient(alpha=0.1),
+}
+MODELS = {  # the quickstart's digits MLP; a small CNN with FedPara convolutions
+    "digits_mlp": (),
+    "fedpara_cnn": (
+        "data.name=synthetic_cifar",
+        "data.synthetic_train=96",
+        "data.synthetic_test=8",
+        "model.arch=cnn",
+        "model.gamma=0.1",
+    ),
+}
+
+
+def _runner(cfg_overrides: tuple[str, ...], tmp_path: Path) -> ClientRunner:
+    cfg = tiny_config(tmp_path, *cfg_overrides)
+    data, part = load_data(cfg)
+    info = data.info
+    model = build_backbone(cfg, info.num_classes, info.input_shape)
+    return ClientRunner(worker_spec(cfg), data, part, StateLayout.of(model))
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def _assert_same(got: ClientUpdate, want: ClientUpdate, rtol: float = 1e-5) -> None:
+    """Same steps, uploads and kept state, to ``rtol`` relative.
+
+    Model tensors (sent and kept) are compared one by one; the algorithms'
+    channels (SCAFFOLD's ``dc_i``, its ``c_i``, FedDyn's ``g_i``) are
+    differences of displacements, where a tensor that barely moved is float
+    noise on both sides: those are compared by the channel's whole norm.
+    """
+    assert got.client_id == want.client_id
+    assert np.isfinite(want.train_loss)  # a diverged reference compares nothing
+    assert got.steps == want.steps and got.num_examples == want.num_examples
+    assert got.train_loss == pytest.approx(want.train_loss, rel=rtol)
+    for side in ("upload", "keep"):
+        mine, theirs = getattr(got, side), getattr(want, side)
+        assert mine.keys() == theirs.keys(), side
+        for channel, tensors in theirs.items():
+            assert mine[channel].keys() == tensors.keys(), (side, channel)
+            if channel in (MODEL, LOCAL):
+                for name, t in tensors.items():
+                    assert _rel(mine[channel][name], t) <= rtol, (side, channel, name)
+                continue
+            a = torch.cat([mine[channel][n].flatten() for n in tensors])
+            b = torch.cat([t.flatten() for t in tensors.values()])
+            assert b.norm() > 0 and _rel(a, b) <= rtol, (side, channel)
+
+
+def _control(payload: Channels, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        n: 0.01 * torch.randn(t.shape, generator=gen)
+        for n, t in payload[MODEL].items()
+        if t.is_floating_point()
+    }
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_four_clients_at_once_reply_as_one_at_a_time(
+    tmp_path: Path, model: str, name: str
+) -> None:
+    """Six clients, four slots (two refills): per client the uploads and kept
+    state of sequential training, with momentum and weight decay, from kept
+    states that are not zero (each client's second round)."""
+    runner = _runner(MODELS[model], tmp_path)
+    layout = runner.layout
+    payload: Channels = {MODEL: initial_state(runner.module.model, layout)}
+    payload = {**payload, "control": _control(payload, 1)}
+    hp = {"momentum": 0.5, "weight_decay": 1e-3}
+    tasks = [
+        dataclasses.replace(
+            tiny_task(c, lr=0.02 + 0.005 * c, **hp), algorithm=ALGORITHMS[name]
+        )
+        for c in range(6)
+    ]
+    first = {t.client_id: runner.train(t, payload, {}) for t in tasks}
+    kept = {c: dict(u.keep) for c, u in first.items()}
+    # The next round starts elsewhere, so SCAFFOLD's dc_i is not 0 + noise.
+    payload = {MODEL: dict(first[0].upload[MODEL]), "control": _control(payload, 2)}
+    want = [runner.train(t, payload, kept[t.client_id]) for t in tasks]
+
+    together = CohortTrainer(runner, 4)
+    got = together.train_in_order([(t, kept[t.client_id]) for t in tasks], payload)
+    for mine, theirs in zip(got, want, strict=True):
+        assert isinstance(mine, ClientUpdate), mine
+        _assert_same(mine, theirs)
+        assert mine.metrics[SLOT_OCCUPANCY] == together.last_run.occupancy(4)
+    assert len({u.steps for u in want}) > 1  # unequal clients: refill was exercised
+
+
+def test_pfedpara_local_parts_are_rows_of_their_own(tmp_path: Path) -> None:
+    """pFedPara: W2 stays per client (kept), W1 travels; both as sequential."""
+    runner = _runner(("model.param=pfedpara",), tmp_path)
+    layout = runner.layout
+    assert layout.local_names  # W2 factors are kept, not sent
+    payload: Channels = {MODEL: initial_state(runner.module.model, layout)}
+    tasks = [tiny_task(c) for c in range(5)]
+    first = {t.client_id: runner.train(t, payload, {}) for t in tasks}
+    kept = {c: dict(u.keep) for c, u in first.items()}
+    assert all(LOCAL in k for k in kept.values())
+    want = [runner.train(t, payload, kept[t.client_id]) for t in tasks]
+    got = CohortTrainer(runner, 4).train_in_order(
+        [(t, kept[t.client_id]) for t in tasks], payload
+    )
+    for mine, theirs in zip(got, want, strict=True):
+        assert isinstance(mine, ClientUpdate), mine
+        _assert_same(mine, theirs)
+
+
+def _sized_runner(tmp_path: Path, sizes: list[int]) -> ClientRunner:
+    """A runner whose clients hold ``sizes`` examples (batch 16: steps = size/16)."""
+    runner = _runner((), tmp_path)
+    offsets = np.cumsum([0, *sizes])
+    train = tuple(np.arange(lo, hi) for lo, hi in itertools.pairwise(offsets))
+    runner.partition = Partition(train, tuple(np.array([], int) for _ in sizes))
+    return runner
+
+
+def test_unequal_clients_with_slot_refill_train_exactly_their_own_steps(
+    tmp_path: Path,
+) -> None:
+    """3 and 11 steps on two slots, then a 3-step client refills the first slot.
+
+    Its slot then idles for 5 masked steps: momentum and weight decay must
+    leave it where it was. Every client ends where it ends alone.
+    """
+    runner = _sized_runner(tmp_path, [48, 176, 40])  # 3, 11, 3 steps of 16
+    payload: Channels = {MODEL: initial_state(runner.module.model, runner.layout)}
+    hp = {"momentum": 0.9, "weight_decay": 1e-2}
+    tasks = [tiny_task(c, **hp) for c in range(3)]
+    want = [runner.train(t, payload, {}) for t in tasks]
+    assert [u.steps for u in want] == [3, 11, 3]
+    together = CohortTrainer(runner, 2)
+    got = together.train_in_order([(t, {}) for t in tasks], payload)
+    for mine, theirs in zip(got, want, strict=True):
+        assert isinstance(mine, ClientUpdate), mine
+        _assert_same(mine, theirs)
+    assert together.last_run.steps_run == 11  # the refill ran beside the long one
+    assert together.last_run.occupancy(2) == pytest.approx(17 / 22)
+
+
+def test_the_same_cohort_and_k_repeat_exactly(tmp_path: Path) -> None:
+    runner = _runner((), tmp_path)
+    payload: Channels = {MODEL: initial_state(runner.module.model, runner.layout)}
+    jobs = [(tiny_task(c), {}) for c in range(5)]
+    first = CohortTrainer(runner, 3).train_in_order(jobs, payload)
+    again = CohortTrainer(runner, 3).train_in_order(jobs, payload)
+    for a, b in zip(first, again, strict=True):
+        assert isinstance(a, ClientUpdate) and isinstance(b, ClientUpdate)
+        for name, t in a.upload[MODEL].items():
+            assert torch.equal(t, b.upload[MODEL][name]), name
+
+
+def test_a_client_whose_state_does_not_fit_fails_alone(tmp_path: Path) -> None:
+    runner = _runner((), tmp_path)
+    payload: Channels = {MODEL: initial_state(runner.module.model, runner.layout)}
+    name = next(iter(payload[MODEL]))
+    bad: ClientTask = dataclasses.replace(
+        tiny_task(1), payload={MODEL: {**payload[MODEL], name: torch.zeros(1)}}
+    )
+    got = CohortTrainer(runner, 2).train_in_order(
+        [(tiny_task(0), {}), (bad, {}), (tiny_task(2), {})], payload
+    )
+    assert [type(r).__name__ for r in got] == [
+        "ClientUpdate",
+        "ClientFailure",
+        "ClientUpdate",
+    ]
+    assert "size mismatch" in getattr(got[1], "reason", "")
+
+
+def test_occupancy_counts_the_slot_steps_that_trained() -> None:
+    assert occupancy_of([4, 4], slots=2, steps_run=4) == 1.0
+    assert occupancy_of([3, 11], slots=2, steps_run=11) == pytest.approx(14 / 22)
+
+
+def test_a_k_that_cannot_fit_the_declared_slice_is_refused(tmp_path: Path) -> None:
+    slice_ = ("resources.gpus_per_client=0.5", "resources.gpu_memory_gb=0.01")
+    cfg = tiny_config(tmp_path, "resources.clients_per_actor=4", *slice_)
+    model = build_backbone(cfg, 10, (1, 8, 8))
+    check_slots_fit(cfg, model)  # 4 quickstart clients fit in 5 MiB
+    too_many = tiny_config(tmp_path, "resources.clients_per_actor=4096", *slice_)
+    with pytest.raises(ConfigError, match=r"clients_per_actor.*at most \d+"):
+        check_slots_fit(too_many, model)
+    cpu = tiny_config(tmp_path, "resources.clients_per_actor=4096")
+    check_slots_fit(cpu, model)  # a CPU slice has no GPU memory to check
