@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from fedsim.algorithm import ClientAlgorithm
+from fedsim.cli import main
 from fedsim.client import ClientRunner
 from fedsim.cohort import SLOT_OCCUPANCY, CohortTrainer, occupancy_of
 from fedsim.config import ConfigError
@@ -21,7 +24,7 @@ from fedsim.params import StateLayout, initial_state
 from fedsim.strategy.feddyn import FedDynClient
 from fedsim.strategy.fedprox import FedProxClient
 from fedsim.strategy.scaffold import ScaffoldClient
-from tests.fixtures import load_data, tiny_config, tiny_task
+from tests.fixtures import QUICKSTART, TINY, load_data, tiny_config, tiny_task
 
 ALGORITHMS = {
     "fedavg": ClientAlgorithm(),
@@ -218,3 +221,67 @@ def test_a_k_that_cannot_fit_the_declared_slice_is_refused(tmp_path: Path) -> No
         check_slots_fit(too_many, model)
     cpu = tiny_config(tmp_path, "resources.clients_per_actor=4096")
     check_slots_fit(cpu, model)  # a CPU slice has no GPU memory to check
+
+
+def _rows(run_dir: Path, file: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (run_dir / file).read_text().splitlines() if x]
+
+
+def test_fedsim_run_trains_k_clients_per_actor_end_to_end(tmp_path: Path) -> None:
+    """`fedsim run ... resources.clients_per_actor=4` (in process): the driver,
+    strategy and checkpoints see the same replies, with the occupancy beside."""
+    argv = ["run", str(QUICKSTART), "--backend", "local", *TINY, "rounds=1"]
+    common = [*argv, f"log.root={tmp_path}", "server.clients_per_round=6"]
+    assert main([*common, "name=k1"]) == 0
+    assert main([*common, "name=k4", "resources.clients_per_actor=4"]) == 0
+    (k1,), (k4,) = (tmp_path / "k1").iterdir(), (tmp_path / "k4").iterdir()
+    one, four = _rows(k1, "clients.jsonl"), _rows(k4, "clients.jsonl")
+    assert [r["client"] for r in four] == [r["client"] for r in one]
+    assert all(0 < r[SLOT_OCCUPANCY] <= 1 for r in four)
+    assert all(SLOT_OCCUPANCY not in r for r in one)
+    for a, b in zip(four, one, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    acc1, acc4 = (_rows(d, "metrics.jsonl")[0]["accuracy"] for d in (k1, k4))
+    assert acc4 == pytest.approx(acc1, abs=2 / 360)  # at most a test example or two
+
+
+def test_fedsim_run_refuses_a_k_that_cannot_fit_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["run", str(QUICKSTART), "--backend", "local", *TINY, f"log.root={tmp_path}"]
+    slice_ = ["resources.gpus_per_client=0.5", "resources.gpu_memory_gb=0.01"]
+    assert main([*argv, *slice_, "resources.clients_per_actor=4096"]) == 2
+    assert (
+        "resources.clients_per_actor: 4096 clients at once" in capsys.readouterr().err
+    )
+
+
+@pytest.mark.slow
+def test_ray_actors_train_their_clients_together(
+    tmp_path: Path, ray_session: object
+) -> None:
+    """Two Ray actors, two clients at once each: the global model of K=1."""
+    from fedsim.checkpoint import load_checkpoint
+    from fedsim.experiment import run_experiment
+
+    base = ("rounds=2", "server.clients_per_round=4")
+    together = tiny_config(
+        tmp_path / "ray",
+        *base,
+        "resources.num_actors=2",
+        "resources.clients_per_actor=2",
+    )
+    alone = tiny_config(tmp_path / "local", *base)
+    runs = [
+        run_experiment(together, backend="ray"),
+        run_experiment(alone, backend="local"),
+    ]
+    got, want = (
+        load_checkpoint(run.run_dir, cfg.to_dict()).global_tensors
+        for run, cfg in zip(runs, (together, alone), strict=True)
+    )
+    for name, t in want.items():
+        if t.is_floating_point():
+            assert _rel(got[name], t) <= 1e-5, name
+    rows = _rows(runs[0].run_dir, "clients.jsonl")
+    assert len(rows) == 8 and all(SLOT_OCCUPANCY in r for r in rows)
