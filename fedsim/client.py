@@ -80,7 +80,7 @@ class ClientRunner:
         self.data = data
         self.partition = partition
         self.layout = layout
-        res = worker.resources
+        self.resources = res = worker.resources
         torch.set_num_threads(max(1, int(res.cpus_per_client)))
         apply_numeric_policy(res)
         self.device = pick_device(res.gpus_per_client)

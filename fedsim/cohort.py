@@ -39,6 +39,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import traceback
@@ -103,6 +104,7 @@ class CohortRun:
 
     steps_run: int = 0
     client_steps: list[int] = field(default_factory=list)
+    setup_seconds: float = 0.0  # recording the step (capture)
 
     def occupancy(self, slots: int) -> float:
         """Share of slot-steps that trained a client."""
@@ -136,6 +138,7 @@ class CohortTrainer:
         self.neg_lr = torch.zeros(slots, device=self.device)  # -lr of each slot
         self.loss_sum = torch.zeros(slots, device=self.device)  # of its last epoch
         self.last_run = CohortRun()
+        self._step: _VectorStep | None = None
 
     # ------------------------------------------------------------------ training
 
@@ -193,13 +196,10 @@ class CohortTrainer:
     ) -> Iterator[ClientUpdate | ClientFailure]:
         queue = deque(members)
         slots: list[_Slot | None] = [None] * self.slots
-        step_state: StackedState = {}
-        momentum = (
-            {n: torch.zeros_like(p) for n, p in self.params.items()}
-            if key.momentum
-            else {}
-        )
-        vectorized = self._vectorized(key)
+        if self._step is None or self._step.key != key:
+            self._step = None  # free the old graph's memory first
+            self._step = _VectorStep(self, key)
+        step = self._step
         filler: dict[tuple[int, ...], Batch] = {}
         while True:
             batches: list[Batch | None] = [None] * self.slots
@@ -212,9 +212,8 @@ class CohortTrainer:
                         task, kept = queue.popleft()
                         try:
                             slots[k] = self._start(
-                                k, key, task, {**payload, **task.payload}, kept,
-                                step_state, momentum,
-                            )  # fmt: skip
+                                k, step, task, {**payload, **task.payload}, kept
+                            )
                         except Exception as exc:  # that client fails, not the run
                             yield _failure(task.client_id, exc)
                         continue
@@ -232,7 +231,7 @@ class CohortTrainer:
             self.last_run.steps_run += 1
             x, y, w = _stack(batches, filler)
             try:
-                self._step(key, vectorized, step_state, momentum, x, y, w)
+                step(x, y, w)
             except Exception as exc:  # every client of the step fails
                 for k, slot in enumerate(slots):
                     if slot is not None and batches[k] is not None:
@@ -242,23 +241,22 @@ class CohortTrainer:
     def _start(
         self,
         k: int,
-        key: _GroupKey,
+        step: _VectorStep,
         task: ClientTask,
         payload: Channels,
         kept: Channels,
-        step_state: StackedState,
-        momentum: Mapping[str, Tensor],
     ) -> _Slot:
         """Load a client into slot ``k``: its model, state, batches and lr."""
         started = time.perf_counter()
         state = {**payload.get(MODEL, {}), **self.runner.load_local(kept)}
         self._load_rows(k, state)
-        for buf in momentum.values():
+        for buf in step.momentum.values():
             buf[k].zero_()
+        key = step.key
         params = {n: self.params[n][k] for n in key.travelling}
         algo_state = key.algorithm.begin(params, payload, kept)  # type: ignore[arg-type]
         for ns in key.algorithm.step_state:
-            group = step_state.setdefault(ns, {})
+            group = step.state.setdefault(ns, {})
             for name, t in algo_state[ns].items():
                 if name not in group:
                     group[name] = t.new_zeros((self.slots, *t.shape))
@@ -318,66 +316,118 @@ class CohortTrainer:
         except Exception as exc:
             return _failure(task.client_id, exc)
 
-    # -------------------------------------------------------------- the step
 
-    def _vectorized(self, key: _GroupKey) -> Callable[..., Any]:
-        """Every slot's ``(gradients, loss)`` from its rows, state and batch."""
-        model, algorithm, travelling = self.model, key.algorithm, key.travelling
-        autocast = self.runner.engine.autocast  # no weight cache, as captured
+class _VectorStep:
+    """Every slot's step for one group key: its state, and its form.
 
-        def client(
-            params: dict[str, Tensor],
-            buffers: dict[str, Tensor],
-            state: StackedState,
-            x: Tensor,
-            y: Tensor,
-            w: Tensor,
-        ) -> tuple[dict[str, Tensor], Tensor]:
-            def objective(p: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-                with autocast():
-                    logits = functional_call(model, {**p, **buffers}, (x,))
-                loss = weighted_cross_entropy(logits, y, w)
-                named = {n: p[n] for n in travelling}
-                return algorithm.loss(state, named, loss), loss  # type: ignore[arg-type]
+    Eager by default; the vectorized gradient function goes through
+    ``torch.compile`` with ``resources.compile``, and the whole step (the
+    gradients and the masked SGD update) is recorded once and replayed with
+    ``resources.cuda_graph`` on CUDA, as the one-client step is
+    (:mod:`fedsim.train_step`): the batch is copied into static tensors, and
+    the learning rates, momentum and algorithm state are tensors it reads.
+    """
 
-            grads, loss = grad(objective, has_aux=True)(params)
-            corrected = algorithm.gradients(state, {n: grads[n] for n in travelling})
-            return {**grads, **corrected}, loss
+    def __init__(self, trainer: CohortTrainer, key: _GroupKey) -> None:
+        self.trainer, self.key = trainer, key
+        self.state: StackedState = {}  # filled by each slot's client's begin
+        self.momentum = (
+            {n: torch.zeros_like(p) for n, p in trainer.params.items()}
+            if key.momentum
+            else {}
+        )
+        engine = trainer.runner.engine
+        gradients = _vectorized(trainer.model, key, engine.autocast)
+        mode = trainer.runner.resources.compile
+        if mode != "off":
+            gradients = torch.compile(
+                gradients, mode=None if mode == "default" else mode, dynamic=False
+            )
+        self.gradients = gradients
+        self._replay: Callable[[], None] | None = None
+        self._static: tuple[Tensor, Tensor, Tensor] | None = None
 
-        return vmap(client, randomness="different")  # type: ignore[no-any-return]
+    def __call__(self, x: Tensor, y: Tensor, w: Tensor) -> None:
+        """One step of every slot on ``(K, B, ...)`` batches."""
+        engine = self.trainer.runner.engine
+        if not engine.capture:
+            self._run(x, y, w)
+            return
+        if self._replay is None or self._static is None:
+            t0 = time.perf_counter()
+            # Zero weights: every slot is empty, so warm-up moves nothing.
+            static = self._static = (
+                torch.zeros_like(x),
+                torch.zeros_like(y),
+                torch.zeros_like(w),
+            )
+            self._replay = engine.recorder.record(lambda: self._run(*static), [])
+            self.trainer.last_run.setup_seconds += time.perf_counter() - t0
+        for target, value in zip(self._static, (x, y, w), strict=True):
+            target.copy_(value)
+        self._replay()
 
-    def _step(
-        self,
-        key: _GroupKey,
-        vectorized: Callable[..., Any],
-        step_state: StackedState,
-        momentum: Mapping[str, Tensor],
-        x: Tensor,
-        y: Tensor,
-        w: Tensor,
-    ) -> None:
-        """One step of every slot; an empty slot (all weights 0) does not move."""
-        grads, losses = vectorized(self.params, self.buffers, step_state, x, y, w)
+    def _run(self, x: Tensor, y: Tensor, w: Tensor) -> None:
+        """Gradients of every slot, then one masked SGD update of all rows.
+
+        An empty slot (all weights 0) does not move: its learning rate is
+        multiplied by 0 and its momentum buffer is kept.
+        """
+        trainer, key = self.trainer, self.key
+        grads, losses = self.gradients(
+            trainer.params, trainer.buffers, self.state, x, y, w
+        )
         with torch.no_grad():
             counts = (w > 0).sum(1)  # (K,) real rows; 0 in an empty slot
-            active = (counts > 0).to(self.neg_lr.dtype)
-            self.loss_sum.add_(losses.detach().float() * counts)
-            names = list(self.params)
-            params = [self.params[n] for n in names]
+            active = (counts > 0).to(trainer.neg_lr.dtype)
+            trainer.loss_sum.add_(losses.detach().float() * counts)
+            names = list(trainer.params)
+            params = [trainer.params[n] for n in names]
             step = [grads[n] for n in names]
             if key.weight_decay:
                 step = list(torch._foreach_add(step, params, alpha=key.weight_decay))
             if key.momentum:  # buf <- m * buf + g; an empty slot keeps its buffer
                 keep = active * key.momentum + (1 - active)
-                buffers = [momentum[n] for n in names]
+                buffers = [self.momentum[n] for n in names]
                 torch._foreach_mul_(buffers, _rows(keep, params))
-                torch._foreach_add_(
-                    buffers, torch._foreach_mul(step, _rows(active, params))
-                )
+                gated = torch._foreach_mul(step, _rows(active, params))
+                torch._foreach_add_(buffers, gated)
                 step = buffers
-            torch._foreach_add_(
-                params, torch._foreach_mul(step, _rows(self.neg_lr * active, params))
-            )
+            neg_lr = _rows(trainer.neg_lr * active, params)
+            torch._foreach_add_(params, torch._foreach_mul(step, neg_lr))
+
+
+def _vectorized(
+    model: nn.Module,
+    key: _GroupKey,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+) -> Callable[..., Any]:
+    """Every slot's ``(gradients, loss)`` from its rows, state and batch.
+
+    The algorithm's ``loss`` and ``gradients`` hooks run inside, per slot.
+    """
+    algorithm, travelling = key.algorithm, key.travelling
+
+    def client(
+        params: dict[str, Tensor],
+        buffers: dict[str, Tensor],
+        state: StackedState,
+        x: Tensor,
+        y: Tensor,
+        w: Tensor,
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        def objective(p: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+            with autocast():
+                logits = functional_call(model, {**p, **buffers}, (x,))
+            loss = weighted_cross_entropy(logits, y, w)
+            named = {n: p[n] for n in travelling}
+            return algorithm.loss(state, named, loss), loss  # type: ignore[arg-type]
+
+        grads, loss = grad(objective, has_aux=True)(params)
+        corrected = algorithm.gradients(state, {n: grads[n] for n in travelling})
+        return {**grads, **corrected}, loss
+
+    return vmap(client, randomness="different")  # type: ignore[no-any-return]
 
 
 def _rows(values: Tensor, like: Sequence[Tensor]) -> list[Tensor]:

@@ -24,6 +24,7 @@ from fedsim.params import StateLayout, initial_state
 from fedsim.strategy.feddyn import FedDynClient
 from fedsim.strategy.fedprox import FedProxClient
 from fedsim.strategy.scaffold import ScaffoldClient
+from fedsim.train_step import EagerRecorder
 from tests.fixtures import QUICKSTART, TINY, load_data, tiny_config, tiny_task
 
 ALGORITHMS = {
@@ -285,3 +286,33 @@ def test_ray_actors_train_their_clients_together(
             assert _rel(got[name], t) <= 1e-5, name
     rows = _rows(runs[0].run_dir, "clients.jsonl")
     assert len(rows) == 8 and all(SLOT_OCCUPANCY in r for r in rows)
+
+
+@pytest.mark.parametrize("name", ["fedavg", "scaffold"])
+def test_the_recorded_vectorized_step_trains_as_the_eager_one(
+    tmp_path: Path, name: str
+) -> None:
+    """``resources.cuda_graph``'s machinery, replayed eagerly on the CPU.
+
+    The step is recorded once (warm-up on empty slots must move nothing),
+    then replayed over static batch tensors for two calls in a row: every
+    client ends where it ends alone.
+    """
+    runner = _runner((), tmp_path)
+    payload: Channels = {MODEL: initial_state(runner.module.model, runner.layout)}
+    payload = {**payload, "control": _control(payload, 1)}
+    algorithm = ALGORITHMS[name]
+    hp = {"momentum": 0.9, "weight_decay": 1e-3}
+    tasks = [
+        dataclasses.replace(tiny_task(c, **hp), algorithm=algorithm) for c in range(5)
+    ]
+    want = [runner.train(t, payload, {}) for t in tasks]
+    runner.engine.capture = True  # as on a GPU, recorded by EagerRecorder
+    runner.engine.recorder = EagerRecorder()
+    together = CohortTrainer(runner, 3)
+    for _ in range(2):  # recorded on the first call, replayed on the second
+        got = together.train_in_order([(t, {}) for t in tasks], payload)
+        for mine, theirs in zip(got, want, strict=True):
+            assert isinstance(mine, ClientUpdate), mine
+            _assert_same(mine, theirs)
+    assert together._step is not None and together._step._replay is not None
