@@ -20,8 +20,9 @@ from fedsim.config import ConfigError
 from fedsim.data import Partition
 from fedsim.messages import LOCAL, MODEL, Channels, ClientTask, ClientUpdate
 from fedsim.model import build_backbone, check_slots_fit, worker_spec
-from fedsim.params import StateLayout, initial_state
+from fedsim.params import StateLayout, initial_state, last_layer_names
 from fedsim.strategy.feddyn import FedDynClient
+from fedsim.strategy.fednova import FedNovaClient
 from fedsim.strategy.fedprox import FedProxClient
 from fedsim.strategy.scaffold import ScaffoldClient
 from fedsim.train_step import EagerRecorder
@@ -32,6 +33,7 @@ ALGORITHMS = {
     "fedprox": FedProxClient(mu=0.5),
     "scaffold": ScaffoldClient(),
     "feddyn": FedDynClient(alpha=0.1),
+    "fednova": FedNovaClient(),  # its step count, from each slot's own steps
 }
 MODELS = {  # the quickstart's digits MLP; a small CNN with FedPara convolutions
     "digits_mlp": (),
@@ -142,6 +144,34 @@ def test_pfedpara_local_parts_are_rows_of_their_own(tmp_path: Path) -> None:
     )
     for mine, theirs in zip(got, want, strict=True):
         assert isinstance(mine, ClientUpdate), mine
+        _assert_same(mine, theirs)
+
+
+@pytest.mark.parametrize("kind", ["fedper", "local_only"])
+def test_kept_heads_and_local_models_are_rows_of_their_own(
+    tmp_path: Path, kind: str
+) -> None:
+    """FedPer's head and a local-only model stay per client, as sequential."""
+    cfg = tiny_config(tmp_path)
+    data, part = load_data(cfg)
+    model = build_backbone(cfg, 10, (1, 8, 8))
+    head = last_layer_names(model, 1)
+    layout = StateLayout.of(
+        model, head if kind == "fedper" else frozenset(model.state_dict())
+    )
+    runner = ClientRunner(worker_spec(cfg), data, part, layout)
+    payload: Channels = {MODEL: initial_state(model, layout)}
+    assert bool(payload[MODEL]) == (kind == "fedper")
+    tasks = [tiny_task(c) for c in range(5)]
+    first = {t.client_id: runner.train(t, payload, {}) for t in tasks}
+    kept = {c: dict(u.keep) for c, u in first.items()}
+    want = [runner.train(t, payload, kept[t.client_id]) for t in tasks]
+    got = CohortTrainer(runner, 4).train_in_order(
+        [(t, kept[t.client_id]) for t in tasks], payload
+    )
+    for mine, theirs in zip(got, want, strict=True):
+        assert isinstance(mine, ClientUpdate), mine
+        assert set(mine.keep[LOCAL]) >= head
         _assert_same(mine, theirs)
 
 
