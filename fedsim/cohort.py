@@ -167,16 +167,26 @@ class CohortTrainer:
         """:meth:`train`'s replies in the order of ``jobs``.
 
         Each update's metrics gain ``slot_occupancy``, the share of this
-        call's slot-steps that trained a client.
+        call's slot-steps that trained a client. The clients trained at the
+        same time, so the call's seconds (and its recording's) are shared out
+        by their steps: summed, they are the worker's time, as with K = 1.
         """
+        t0 = time.perf_counter()
         replies = {r.client_id: r for r in self.train(jobs, payload)}
-        occupancy = self.last_run.occupancy(self.slots)
+        seconds = time.perf_counter() - t0
+        run = self.last_run
+        occupancy = run.occupancy(self.slots)
+        steps = max(sum(run.client_steps), 1)
         out: list[ClientUpdate | ClientFailure] = []
         for task, _ in jobs:
             reply = replies[task.client_id]
-            if isinstance(reply, ClientUpdate):
-                metrics = {**reply.metrics, SLOT_OCCUPANCY: occupancy}
-                reply = dataclasses.replace(reply, metrics=metrics)
+            if isinstance(reply, ClientUpdate):  # the worker's time, by steps
+                reply = dataclasses.replace(
+                    reply,
+                    train_seconds=seconds * reply.steps / steps,
+                    setup_seconds=run.setup_seconds * reply.steps / steps,
+                    metrics={**reply.metrics, SLOT_OCCUPANCY: occupancy},
+                )
             out.append(reply)
         return out
 
