@@ -284,13 +284,17 @@ class ClientRunner:
         A client that never trained is scored with the initial local part,
         the state it would start from.
         """
-        self._load(glob, kept.get(LOCAL, self._initial_local))
+        self._load(glob, self.load_local(kept))
+        return self._score(*self.client_test_examples(client_id), batch_size)
+
+    def client_test_examples(self, client_id: int) -> tuple[Tensor, Tensor]:
+        """The client's own raw test examples and labels, on the device."""
         indices = self.partition.test[client_id]
         if self.partition.test_source == "test":
             x, y = self.data.x_test, self.data.y_test
         else:
             x, y = self.data.x_train, self.data.y_train
-        return self._score(*self._on_device(x, y, indices), batch_size)
+        return self._on_device(x, y, indices)
 
     def _test_rows(self, lo: int, hi: int) -> tuple[Tensor, Tensor]:
         """Rows ``[lo, hi)`` of the test split on the device.

@@ -49,12 +49,22 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from fedsim.algorithm import AlgoState, ClientAlgorithm
-from fedsim.data.batches import Batch, client_batches
-from fedsim.messages import MODEL, Channels, ClientFailure, ClientTask, ClientUpdate
+from fedsim.data.base import DatasetInfo
+from fedsim.data.batches import Batch, client_batches, pad_rows
+from fedsim.data.transforms import prepare_batch
+from fedsim.messages import (
+    MODEL,
+    Channels,
+    ClientFailure,
+    ClientTask,
+    ClientUpdate,
+    EvalResult,
+)
 from fedsim.params import moved
 from lightning_modules.classifier import weighted_cross_entropy
 from lightning_modules.layers import FactorizedLayer
@@ -325,6 +335,95 @@ class CohortTrainer:
             )
         except Exception as exc:
             return _failure(task.client_id, exc)
+
+    # ---------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def evaluate_clients(
+        self,
+        jobs: Sequence[tuple[int, Channels]],
+        glob: Mapping[str, Tensor],
+        batch_size: int,
+    ) -> list[EvalResult | ClientFailure]:
+        """Each ``(client, kept state)``'s own model on its own test split.
+
+        K clients at a time, one vectorized forward pass per batch, slots
+        refilled as clients run out of test examples; the sums (loss, correct
+        predictions) are those of :meth:`ClientRunner.evaluate_client
+        <fedsim.client.ClientRunner.evaluate_client>`, in the order of ``jobs``.
+        """
+        runner, info = self.runner, self.runner.data.info
+        forward = vmap(
+            lambda p, b, x: functional_call(self.model, {**p, **b}, (x,)),
+            randomness="same",  # eval mode: no dropout draws
+        )
+        self.runner.module.eval()
+        queue = deque(jobs)
+        results: dict[int, EvalResult | ClientFailure] = {}
+        slots: list[_Scored | None] = [None] * self.slots
+        loss_sum = torch.zeros(self.slots, device=self.device)
+        correct = torch.zeros(self.slots, device=self.device, dtype=torch.long)
+        filler: dict[tuple[int, ...], Batch] = {}
+        while True:
+            batches: list[Batch | None] = [None] * self.slots
+            for k in range(self.slots):
+                while batches[k] is None:
+                    scored = slots[k]
+                    if scored is None:
+                        if not queue:
+                            break
+                        client_id, kept = queue.popleft()
+                        try:
+                            self._load_rows(k, {**glob, **runner.load_local(kept)})
+                            x, y = runner.client_test_examples(client_id)
+                        except Exception as exc:
+                            results[client_id] = _failure(client_id, exc)
+                            continue
+                        slots[k] = _Scored(client_id, x, y)
+                        loss_sum[k], correct[k] = 0.0, 0
+                        continue
+                    batch = scored.next_batch(batch_size, info)
+                    if batch is None:
+                        slots[k] = None
+                        results[scored.client_id] = EvalResult(
+                            float(loss_sum[k]), int(correct[k]), len(scored.y)
+                        )
+                        continue
+                    batches[k] = batch
+            if all(b is None for b in batches):
+                break
+            x, y, w = _stack(batches, filler)
+            with runner.engine.autocast():
+                logits = forward(self.params, self.buffers, x).float()  # (K, B, C)
+            real = w > 0
+            ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+            loss_sum.add_((ce.view_as(w) * real).sum(1))
+            correct.add_(((logits.argmax(-1) == y) & real).sum(1))
+        return [results[client_id] for client_id, _ in jobs]
+
+
+@dataclass(eq=False)
+class _Scored:
+    """A client whose test split a slot is scoring, and how far it got."""
+
+    client_id: int
+    x: Tensor
+    y: Tensor
+    done: int = 0
+
+    def next_batch(self, size: int, info: DatasetInfo) -> Batch | None:
+        """The next test batch, padded to ``size`` rows; None after the last."""
+        lo, hi = self.done, min(self.done + size, len(self.y))
+        if lo >= hi:
+            return None
+        self.done = hi
+        x = prepare_batch(self.x[lo:hi], info, train=False)
+        y = self.y[lo:hi]
+        weight = torch.zeros(size, device=y.device)
+        weight[: hi - lo] = 1.0
+        if hi - lo < size:
+            x, y = pad_rows(x, size), pad_rows(y, size)
+        return Batch(x, y, weight, hi - lo)
 
 
 class _VectorStep:

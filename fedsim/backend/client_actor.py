@@ -178,6 +178,12 @@ class ClientActor:
     ) -> list[EvalOutcome]:
         """Evaluate each ``(client, kept state)``'s own model on its own test split."""
         glob = self._resolve(boxed).get(MODEL, {})
+        if self._together is not None:  # K at a time
+            scored = self._together.evaluate_clients(clients, glob, batch_size)
+            return [
+                ClientEval(client_id=c, result=r) if isinstance(r, EvalResult) else r
+                for (c, _), r in zip(clients, scored, strict=True)
+            ]
         out: list[EvalOutcome] = []
         for client_id, kept in clients:
             try:

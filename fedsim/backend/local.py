@@ -115,7 +115,24 @@ class LocalBackend(Backend):
         kept: KeptStates,
         batch_size: int,
     ) -> Iterator[EvalOutcome]:
-        """Evaluate each client's own model in turn."""
+        """Evaluate each client's own model in turn (K at a time with K > 1)."""
+        if self._together is not None:
+            states = {c: read_kept(kept, c) for c in clients}
+            jobs = [
+                (c, s) for c in clients if not isinstance(s := states[c], ClientFailure)
+            ]
+            scored = self._together.evaluate_clients(jobs, glob, batch_size)
+            done = dict(zip([c for c, _ in jobs], scored, strict=True))
+            for client_id in clients:
+                state, result = states[client_id], done.get(client_id)
+                if isinstance(state, ClientFailure):
+                    yield state
+                elif isinstance(result, EvalResult):
+                    yield ClientEval(client_id=client_id, result=result)
+                else:
+                    assert result is not None
+                    yield result
+            return
         for client_id in clients:
             state = read_kept(kept, client_id)
             if isinstance(state, ClientFailure):

@@ -18,7 +18,14 @@ from fedsim.client import ClientRunner
 from fedsim.cohort import SLOT_OCCUPANCY, CohortTrainer, occupancy_of
 from fedsim.config import ConfigError
 from fedsim.data import Partition
-from fedsim.messages import LOCAL, MODEL, Channels, ClientTask, ClientUpdate
+from fedsim.messages import (
+    LOCAL,
+    MODEL,
+    Channels,
+    ClientTask,
+    ClientUpdate,
+    EvalResult,
+)
 from fedsim.model import build_backbone, check_slots_fit, worker_spec
 from fedsim.params import StateLayout, initial_state, last_layer_names
 from fedsim.strategy.feddyn import FedDynClient
@@ -346,3 +353,31 @@ def test_the_recorded_vectorized_step_trains_as_the_eager_one(
             assert isinstance(mine, ClientUpdate), mine
             _assert_same(mine, theirs)
     assert together._step is not None and together._step._replay is not None
+
+
+def test_personal_evaluation_k_at_a_time_scores_as_one_at_a_time(
+    tmp_path: Path,
+) -> None:
+    """pFedPara clients' own models on their own test splits (unequal sizes,
+    refilled slots, batches padded): the sums of the sequential evaluation."""
+    runner = _runner(
+        ("model.param=pfedpara", "data.client_test_fraction=0.3"), tmp_path
+    )
+    glob = initial_state(runner.module.model, runner.layout)
+    payload: Channels = {MODEL: glob}
+    clients = list(range(6))
+    kept = {c: dict(runner.train(tiny_task(c), payload, {}).keep) for c in clients}
+    kept[5] = {}  # never trained: scored with the initial local part
+    sizes = {len(runner.partition.test[c]) for c in clients}
+    assert len(sizes) > 1 and max(sizes) > 7  # unequal, and more than one batch
+    want = [runner.evaluate_client(c, glob, kept[c], batch_size=7) for c in clients]
+    got = CohortTrainer(runner, 4).evaluate_clients(
+        [(c, kept[c]) for c in clients], glob, batch_size=7
+    )
+    for mine, theirs in zip(got, want, strict=True):
+        assert isinstance(mine, EvalResult), mine
+        assert (mine.correct, mine.num_examples) == (
+            theirs.correct,
+            theirs.num_examples,
+        )
+        assert mine.loss_sum == pytest.approx(theirs.loss_sum, rel=1e-5)
