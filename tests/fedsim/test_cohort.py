@@ -266,10 +266,16 @@ def _rows(run_dir: Path, file: str) -> list[dict[str, Any]]:
 
 
 def test_fedsim_run_trains_k_clients_per_actor_end_to_end(tmp_path: Path) -> None:
-    """`fedsim run ... resources.clients_per_actor=4` (in process): the driver,
-    strategy and checkpoints see the same replies, with the occupancy beside."""
-    argv = ["run", str(QUICKSTART), "--backend", "local", *TINY, "rounds=1"]
-    common = [*argv, f"log.root={tmp_path}", "server.clients_per_round=6"]
+    """`fedsim run ... resources.clients_per_actor=4` (in process), pFedPara: the
+    driver, strategy, kept-state store and personal evaluation see the same
+    replies as with K=1, with the occupancy beside."""
+    argv = ["run", str(QUICKSTART), "--backend", "local", *TINY, "rounds=2"]
+    common = [
+        *argv,
+        f"log.root={tmp_path}",
+        "server.clients_per_round=6",
+        "model.param=pfedpara",
+    ]
     assert main([*common, "name=k1"]) == 0
     assert main([*common, "name=k4", "resources.clients_per_actor=4"]) == 0
     (k1,), (k4,) = (tmp_path / "k1").iterdir(), (tmp_path / "k4").iterdir()
@@ -279,8 +285,12 @@ def test_fedsim_run_trains_k_clients_per_actor_end_to_end(tmp_path: Path) -> Non
     assert all(SLOT_OCCUPANCY not in r for r in one)
     for a, b in zip(four, one, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-    acc1, acc4 = (_rows(d, "metrics.jsonl")[0]["accuracy"] for d in (k1, k4))
-    assert acc4 == pytest.approx(acc1, abs=2 / 360)  # at most a test example or two
+    for want, got in zip(
+        _rows(k1, "metrics.jsonl"), _rows(k4, "metrics.jsonl"), strict=True
+    ):
+        assert got["personal_clients"] == want["personal_clients"] > 0
+        for key in ("accuracy", "personal_accuracy"):  # a test example or two
+            assert got[key] == pytest.approx(want[key], abs=2 / 360), key
 
 
 def test_fedsim_run_refuses_a_k_that_cannot_fit_with_exit_2(
