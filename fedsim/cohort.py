@@ -114,7 +114,7 @@ class CohortRun:
 
     steps_run: int = 0
     client_steps: list[int] = field(default_factory=list)
-    setup_seconds: float = 0.0  # recording the step (capture)
+    setup_seconds: float = 0.0  # compiling or recording the step
 
     def occupancy(self, slots: int) -> float:
         """Share of slot-steps that trained a client."""
@@ -453,6 +453,7 @@ class _VectorStep:
                 gradients, mode=None if mode == "default" else mode, dynamic=False
             )
         self.gradients = gradients
+        self._warm = mode == "off"  # a compiled step has run once
         self._replay: Callable[[], None] | None = None
         self._static: tuple[Tensor, Tensor, Tensor] | None = None
 
@@ -460,7 +461,11 @@ class _VectorStep:
         """One step of every slot on ``(K, B, ...)`` batches."""
         engine = self.trainer.runner.engine
         if not engine.capture:
+            t0 = time.perf_counter()
             self._run(x, y, w)
+            if not self._warm:  # the first compiled step: tracing and compiling
+                self._warm = True
+                self.trainer.last_run.setup_seconds += time.perf_counter() - t0
             return
         if self._replay is None or self._static is None:
             t0 = time.perf_counter()

@@ -391,3 +391,24 @@ def test_personal_evaluation_k_at_a_time_scores_as_one_at_a_time(
             theirs.num_examples,
         )
         assert mine.loss_sum == pytest.approx(theirs.loss_sum, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_compiled_vectorized_step_trains_as_the_eager_one(tmp_path: Path) -> None:
+    """``resources.compile=default``: vmap over grad compiles as one graph,
+    once per worker (about a minute on two cores), to the eager tensors."""
+    eager = _runner((), tmp_path)
+    compiled = _runner(("resources.compile=default",), tmp_path)
+    payload: Channels = {MODEL: initial_state(eager.module.model, eager.layout)}
+    jobs = [
+        (dataclasses.replace(tiny_task(c), algorithm=ALGORITHMS["fedprox"]), {})
+        for c in range(5)
+    ]
+    want = CohortTrainer(eager, 4).train_in_order(jobs, payload)
+    together = CohortTrainer(compiled, 4)
+    for call in range(2):
+        got = together.train_in_order(jobs, payload)
+        assert (together.last_run.setup_seconds > 0) == (call == 0)  # compiled once
+        for mine, theirs in zip(got, want, strict=True):
+            assert isinstance(mine, ClientUpdate) and isinstance(theirs, ClientUpdate)
+            _assert_same(mine, theirs)
