@@ -238,8 +238,9 @@ class RayPool(Backend):
             for t in tasks
             if not isinstance(s := states[t.client_id], ClientFailure)
         ]
-        groups = [readable[i * len(readable) // n : (i + 1) * len(readable) // n]
-                  for i in range(n)]  # fmt: skip
+        groups: list[list[tuple[ClientTask, Channels]]] = [[] for _ in range(n)]
+        for i, job in enumerate(readable):  # contiguous groups, as even as can be
+            groups[i * n // len(readable)].append(job)
         groups = [g for g in groups if g]
         jobs = [
             Job(
@@ -260,11 +261,13 @@ class RayPool(Backend):
             self._scheduler.run_in_order(jobs), groups, strict=True
         ):
             if isinstance(outcome, Lost):
-                for task, _ in group:
-                    reason = outcome.reason
-                    done[task.client_id] = ClientFailure(
-                        client_id=task.client_id, reason=reason
+                done.update(
+                    (
+                        t.client_id,
+                        ClientFailure(client_id=t.client_id, reason=outcome.reason),
                     )
+                    for t, _ in group
+                )
                 continue
             try:
                 replies: list[ClientResult] = ray.get(outcome.result)
