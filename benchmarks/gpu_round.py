@@ -655,7 +655,12 @@ def one_by_one(runner: Any, payload: Any, jobs: list[Any]) -> list[Any]:
     return [runner.train(task, payload, kept) for task, kept in jobs]
 
 
-def vectorized(w: Workload, smoke: bool, deadline: Deadline) -> dict[str, Any]:
+def vectorized(
+    w: Workload,
+    smoke: bool,
+    deadline: Deadline,
+    slot_counts: tuple[int, ...] = VECTOR_SLOTS,
+) -> dict[str, Any]:
     """The sequential cohort, then K at a time, eager and recorded.
 
     ``step_kernel_ops_per_client_step`` divides one full step's ops by the
@@ -680,7 +685,7 @@ def vectorized(w: Workload, smoke: bool, deadline: Deadline) -> dict[str, Any]:
         out[f"{param}/sequential"] = row
         log(f"vectorized {param}/sequential: {row}")
         want = {u.client_id: u.upload[MODEL] for u in reference}
-        for slots in VECTOR_SLOTS:
+        for slots in slot_counts:
             for graph in (False, True):
                 key = f"{param}/k{slots}{'+graph' if graph else ''}"
                 if graph and not cuda:
@@ -938,6 +943,11 @@ def main() -> None:
         action="store_true",
         help="the paper's workload at tiny widths (CPU proxies at full step counts)",
     )
+    parser.add_argument(
+        "--slots",
+        default=",".join(map(str, VECTOR_SLOTS)),
+        help="the vectorized part's K values (comma-separated)",
+    )
     parser.add_argument("--parts", default="proxies,plain,client,run,vectorized")
     parser.add_argument("--baseline", type=Path, help="an earlier fedsim tree")
     parser.add_argument("--precision", default=None, help="matmul precision")
@@ -1011,7 +1021,8 @@ def main() -> None:
         save()
     if "vectorized" in parts:
         with part("vectorized", report):
-            report["vectorized"] = vectorized(w, args.smoke, deadline)
+            slots = tuple(int(k) for k in args.slots.split(","))
+            report["vectorized"] = vectorized(w, args.smoke, deadline, slots)
         save()
     if later and parts & {"plain", "client"}:
         with part("client_more", report):

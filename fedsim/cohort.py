@@ -17,7 +17,9 @@ terms); ``begin`` and ``end`` run per client on its slot's rows. Local parts
 
 Slot refill: clients take different numbers of steps. When a slot's client
 has taken its last step, its reply is built from its rows and the next client
-of the queue is loaded into the slot. A slot with no client left runs masked
+of the queue is loaded into the slot. The queue holds the longest clients
+first (a client's steps are known before it starts), so that the clients left
+at the end, beside the last long one, are short. A slot with no client left runs masked
 steps: a zero learning rate and unchanged momentum, so its rows do not move.
 :attr:`CohortTrainer.occupancy` is the share of slot-steps that trained a
 client.
@@ -214,7 +216,8 @@ class CohortTrainer:
         members: Sequence[tuple[ClientTask, Channels]],
         payload: Channels,
     ) -> Iterator[ClientUpdate | ClientFailure]:
-        queue = deque(members)
+        # Longest first: what is left at the end are short clients, so slots idle less.
+        queue = deque(sorted(members, key=lambda job: -self._steps_of(job[0])))
         slots: list[_Slot | None] = [None] * self.slots
         if self._step is None or self._step.key != key:
             self._step = None  # free the old graph's memory first
@@ -257,6 +260,11 @@ class CohortTrainer:
                     if slot is not None and batches[k] is not None:
                         slots[k] = None
                         yield _failure(slot.task.client_id, exc)
+
+    def _steps_of(self, task: ClientTask) -> int:
+        """The steps ``task`` will take (known before it starts)."""
+        n, hp = len(self.runner.partition.train[task.client_id]), task.hparams
+        return hp.epochs * -(-n // hp.batch_size)
 
     def _start(
         self,

@@ -194,9 +194,10 @@ def _sized_runner(tmp_path: Path, sizes: list[int]) -> ClientRunner:
 def test_unequal_clients_with_slot_refill_train_exactly_their_own_steps(
     tmp_path: Path,
 ) -> None:
-    """3 and 11 steps on two slots, then a 3-step client refills the first slot.
+    """Clients of 3, 11 and 3 steps on two slots: the 11-step one (queued
+    first, longest first) takes a slot, the 3-step ones the other in turn.
 
-    Its slot then idles for 5 masked steps: momentum and weight decay must
+    That slot then idles for 5 masked steps: momentum and weight decay must
     leave it where it was. Every client ends where it ends alone.
     """
     runner = _sized_runner(tmp_path, [48, 176, 40])  # 3, 11, 3 steps of 16
