@@ -179,7 +179,10 @@ class ClientActor:
         """Evaluate each ``(client, kept state)``'s own model on its own test split."""
         glob = self._resolve(boxed).get(MODEL, {})
         if self._together is not None:  # K at a time
-            scored = self._together.evaluate_clients(clients, glob, batch_size)
+            try:
+                scored = self._together.evaluate_clients(clients, glob, batch_size)
+            except Exception as exc:  # every client of the group fails
+                return [failure(c, exc) for c, _ in clients]
             return [
                 ClientEval(client_id=c, result=r) if isinstance(r, EvalResult) else r
                 for (c, _), r in zip(clients, scored, strict=True)

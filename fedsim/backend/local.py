@@ -99,7 +99,11 @@ class LocalBackend(Backend):
             for t in tasks
             if not isinstance(state := states[t.client_id], ClientFailure)
         ]
-        done = {r.client_id: r for r in self._together.train_in_order(jobs, payload)}
+        try:
+            replies = self._together.train_in_order(jobs, payload)
+        except Exception as exc:  # every client of the call fails, not the run
+            replies = [failure(task.client_id, exc) for task, _ in jobs]
+        done = {r.client_id: r for r in replies}
         for task in tasks:
             state = states[task.client_id]
             yield state if isinstance(state, ClientFailure) else done[task.client_id]
@@ -121,7 +125,10 @@ class LocalBackend(Backend):
             jobs = [
                 (c, s) for c in clients if not isinstance(s := states[c], ClientFailure)
             ]
-            scored = self._together.evaluate_clients(jobs, glob, batch_size)
+            try:
+                scored = self._together.evaluate_clients(jobs, glob, batch_size)
+            except Exception as exc:  # every client of the call fails
+                scored = [failure(c, exc) for c, _ in jobs]
             done = dict(zip([c for c, _ in jobs], scored, strict=True))
             for client_id in clients:
                 state, result = states[client_id], done.get(client_id)
