@@ -19,12 +19,12 @@ Slot refill: clients take different numbers of steps. When a slot's client
 has taken its last step, its reply is built from its rows and the next client
 of the queue is loaded into the slot. The queue holds the longest clients
 first (a client's steps are known before it starts), so that the clients left
-at the end, beside the last long one, are short. A slot with no client left runs masked
-steps: a zero learning rate and unchanged momentum, so its rows do not move.
-:attr:`CohortTrainer.occupancy` is the share of slot-steps that trained a
-client.
+at the end, beside the last long one, are short. A slot with no client left
+runs masked steps: a zero learning rate and unchanged momentum, so its rows do
+not move. :meth:`CohortRun.occupancy` is the share of slot-steps that trained
+a client.
 
-Within a batch, short batches are padded (:mod:`fedsim.data.batches`): their
+Within a slot, short batches are padded (:mod:`fedsim.data.batches`): their
 filler rows weigh 0, so a slot's loss and gradients are its real rows'.
 
 The results are the sequential path's to float rounding (a vectorized
