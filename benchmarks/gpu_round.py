@@ -32,8 +32,27 @@ Parts (``--parts``, comma-separated; all by default):
     one run gives the steady round time with and without evaluation (median of
     rounds 2 and later).
 
+``vectorized``
+    Training clients together (``resources.clients_per_actor``): one cohort
+    of 16 clients with Dirichlet(0.5) sizes, trained one after another by
+    ``ClientRunner`` (``sequential``), then K = 4, 8, 16 at a time by
+    :class:`fedsim.cohort.CohortTrainer`, eager and with the step recorded
+    as a CUDA graph (``+graph``, CUDA only). Figures: ms per client step
+    (the call's wall time over the clients' real steps, after one warm-up
+    call), slot occupancy (the share of slot-steps that trained a client),
+    kernel ops per client step (the dispatch-mode count of the proxies, over
+    a whole call: the CPU proxy of launches; a replayed graph is one op
+    there, so ``+graph`` rows count only with the profiler), and on CUDA the
+    profiler's kernels and GPU-busy ms per client step. Every row states how
+    far its trained tensors are from sequential training's.
+
 ``--baseline DIR`` measures an earlier fedsim (``git archive REV | tar -x -C
 DIR``) in a subprocess: its eager client path and its proxies, as "today".
+``--tiny`` keeps the paper's workload at tiny widths (channels / 16): the
+vectorized part's CPU proxies at the paper's step counts,
+
+    .venv/bin/python benchmarks/gpu_round.py --tiny --parts vectorized
+
 ``--smoke`` runs every part on the CPU at tiny sizes in under a minute (a test
 runs it, so this script cannot rot); figures from it mean nothing.
 
@@ -48,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
@@ -71,6 +91,8 @@ MODE_OVERRIDES = {
     "compile+graph": ["resources.compile=default", "resources.cuda_graph=true"],
 }
 PARAMS = ("fedpara", "original")
+VECTOR_SLOTS = (4, 8, 16)
+VECTOR_COHORT = 16  # clients of the vectorized part's cohort (Dirichlet sizes)
 ROUND_STEPS = 640  # 16 clients x 5 epochs x ceil(500 / 64) = 8 batches
 
 
@@ -93,6 +115,7 @@ class Workload:
 
 PAPER = Workload(False, 500, 5, 64, 3, 6, (1, 4, 8))
 SMOKE = Workload(True, 24, 1, 8, 2, 2, (1,))
+TINY_PAPER = Workload(True, 500, 5, 64, 3, 6, (1, 4, 8))  # the CPU proxy's cohort
 
 
 def log(msg: str) -> None:
@@ -168,6 +191,12 @@ def profile_steps(fn: Callable[[], int]) -> dict[str, float]:
 # ------------------------------------------------------------------ proxies
 
 
+def _metadata_ops() -> frozenset[Any]:
+    import torch
+
+    return frozenset({torch.ops.aten._unsafe_view.default})
+
+
 class OpCounter:
     """ATen ops seen by a dispatch mode: all, and those that are not views."""
 
@@ -175,14 +204,17 @@ class OpCounter:
         from torch.utils._python_dispatch import TorchDispatchMode
 
         counter = self
+        metadata = _metadata_ops()
 
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
                 counter.ops += 1
                 counter.kernels += not func.is_view
+                # _unsafe_view is a view without the alias annotation: no kernel
+                counter.launches += not func.is_view and func not in metadata
                 return func(*args, **(kwargs or {}))
 
-        self.ops = self.kernels = 0
+        self.ops = self.kernels = self.launches = 0
         self.mode = Mode()
 
 
@@ -540,6 +572,179 @@ def guarded(fn: Callable[..., Any], *args: Any) -> Any:
         return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
 
 
+# ------------------------------------------------------------------ vectorized
+
+
+def vector_cohort(w: Workload, param: str, slots: int, graph: bool) -> Any:
+    """A runner and the 16-client Dirichlet cohort of the vectorized part."""
+    from fedsim.client import ClientRunner
+    from fedsim.config import load_config
+    from fedsim.driver import client_seed
+    from fedsim.messages import MODEL, ClientHParams, ClientTask
+    from fedsim.model import checked_model, worker_spec
+    from fedsim.params import initial_state
+    from fedsim.strategy import state_layout
+
+    overrides = [
+        *base_overrides(w, param, VECTOR_COHORT),
+        "data.partition=dirichlet",
+        "data.alpha=0.5",
+        f"resources.clients_per_actor={slots}",
+        *(MODE_OVERRIDES["graph"] if graph else []),
+    ]
+    cfg = load_config(None, overrides)
+    data, part = cfg.data_request()()
+    layout = state_layout(cfg, checked_model(cfg))
+    runner = ClientRunner(worker_spec(cfg), data, part, layout)
+    payload = {MODEL: initial_state(runner.module.model, layout)}
+    hp = ClientHParams(lr=0.1, epochs=w.epochs, batch_size=w.batch)
+    jobs = [
+        (ClientTask(client_id=c, round=0, seed=client_seed(0, 0, c), hparams=hp), {})
+        for c in range(VECTOR_COHORT)
+    ]
+    return runner, payload, jobs
+
+
+def timed_cohort(
+    train: Callable[[], list[Any]], step_of: Callable[[], tuple[Any, str]]
+) -> tuple[dict[str, Any], list[Any]]:
+    """ms and kernel ops per client step of ``train()``, a call over the cohort.
+
+    ``step_of()`` names, after a warm-up call, the object and method that run
+    one step (of one client, or of every slot): its ops are also counted
+    alone, on the call's first step.
+    """
+    train()  # warm-up (and the recording of a captured step)
+    step_owner, attr = step_of()
+    sync()
+    t0 = time.perf_counter()
+    updates = train()
+    sync()
+    seconds = time.perf_counter() - t0
+    steps = sum(u.steps for u in updates)
+    counter, first = OpCounter(), OpCounter()
+    real_step = getattr(step_owner, attr)
+
+    def counted_step(*args: Any, **kwargs: Any) -> Any:
+        if first.ops:  # the first step only
+            return real_step(*args, **kwargs)
+        with first.mode:
+            return real_step(*args, **kwargs)
+
+    setattr(step_owner, attr, counted_step)
+    try:
+        with counter.mode:
+            train()
+    finally:
+        delattr(step_owner, attr)  # the class's method again
+    row: dict[str, Any] = {
+        "client_steps": steps,
+        "ms_per_client_step": round(1000 * seconds / steps, 3),
+        "kernel_ops_per_client_step": round(counter.kernels / steps, 1),
+        "launch_ops_per_client_step": round(counter.launches / steps, 1),
+        "step_kernel_ops": first.kernels,
+        "step_launch_ops": first.launches,
+    }
+    row.update(profile_steps(lambda: sum(u.steps for u in train())))
+    row["round_s_projected"] = round(row["ms_per_client_step"] * ROUND_STEPS / 1000, 2)
+    return row, updates
+
+
+def one_by_one(runner: Any, payload: Any, jobs: list[Any]) -> list[Any]:
+    """The cohort trained by ``runner``, one client after another."""
+    return [runner.train(task, payload, kept) for task, kept in jobs]
+
+
+def vectorized(
+    w: Workload,
+    smoke: bool,
+    deadline: Deadline,
+    slot_counts: tuple[int, ...] = VECTOR_SLOTS,
+) -> dict[str, Any]:
+    """The sequential cohort, then K at a time, eager and recorded.
+
+    ``step_kernel_ops_per_client_step`` divides one full step's ops by the
+    clients it trains (K for the vectorized step, whose first step has every
+    slot full).
+    """
+    import torch
+
+    from fedsim.messages import MODEL
+
+    out: dict[str, Any] = {}
+    cuda = torch.cuda.is_available()
+    for param in ("fedpara",) if smoke else PARAMS:
+        runner, payload, jobs = vector_cohort(w, param, 1, graph=False)
+
+        row, reference = timed_cohort(
+            functools.partial(one_by_one, runner, payload, jobs),
+            functools.partial(lambda r: (r.engine, "step"), runner),
+        )
+        row["step_kernel_ops_per_client_step"] = row.pop("step_kernel_ops")
+        row["step_launch_ops_per_client_step"] = row.pop("step_launch_ops")
+        out[f"{param}/sequential"] = row
+        log(f"vectorized {param}/sequential: {row}")
+        want = {u.client_id: u.upload[MODEL] for u in reference}
+        for slots in slot_counts:
+            for graph in (False, True):
+                key = f"{param}/k{slots}{'+graph' if graph else ''}"
+                if graph and not cuda:
+                    out[key] = {"skipped": "needs CUDA"}
+                    continue
+                if deadline.left() < 60:
+                    out[key] = {"skipped": "deadline"}
+                    continue
+                out[key] = row = guarded(
+                    together_row,
+                    w,
+                    param,
+                    slots,
+                    graph,
+                    out[f"{param}/sequential"],
+                    want,
+                )
+                log(f"vectorized {key}: {row}")
+                torch.cuda.empty_cache() if cuda else None
+    return out
+
+
+def together_row(
+    w: Workload,
+    param: str,
+    slots: int,
+    graph: bool,
+    sequential: dict[str, Any],
+    want: dict[int, Any],
+) -> dict[str, Any]:
+    """One vectorized variant's row (see :func:`vectorized`)."""
+    from fedsim.cohort import CohortTrainer
+    from fedsim.messages import MODEL
+
+    runner, payload, jobs = vector_cohort(w, param, slots, graph)
+    together = CohortTrainer(runner, slots)
+    row, updates = timed_cohort(
+        lambda: together.train_in_order(jobs, payload),
+        lambda: (together._step, "_run"),  # every slot's step, recorded or not
+    )
+    for name in ("kernel", "launch"):  # the first step has every slot full
+        ops = row.pop(f"step_{name}_ops")
+        row[f"step_{name}_ops_per_client_step"] = round(ops / slots, 1)
+    row["slot_occupancy"] = round(together.last_run.occupancy(slots), 3)
+    row["setup_s"] = round(together.last_run.setup_seconds, 1)
+    worst = max(
+        rel_diff(dict(u.upload[MODEL]), dict(want[u.client_id])) for u in updates
+    )
+    row["rel_diff_vs_sequential"] = f"{worst:.2e}"  # dropout draws differ
+    for name in (
+        "kernel_ops_per_client_step",
+        "launch_ops_per_client_step",
+        "step_kernel_ops_per_client_step",
+        "step_launch_ops_per_client_step",
+    ):
+        row[f"{name}_vs_sequential"] = round(row[name] / sequential[name], 4)
+    return row
+
+
 # ------------------------------------------------------------------ fedsim run
 
 
@@ -733,7 +938,17 @@ def part(name: str, report: dict[str, Any]) -> Iterator[None]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, on the CPU")
-    parser.add_argument("--parts", default="proxies,plain,client,run")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the paper's workload at tiny widths (CPU proxies at full step counts)",
+    )
+    parser.add_argument(
+        "--slots",
+        default=",".join(map(str, VECTOR_SLOTS)),
+        help="the vectorized part's K values (comma-separated)",
+    )
+    parser.add_argument("--parts", default="proxies,plain,client,run,vectorized")
     parser.add_argument("--baseline", type=Path, help="an earlier fedsim tree")
     parser.add_argument("--precision", default=None, help="matmul precision")
     parser.add_argument("--out", type=Path, help="folder for gpu_round.json")
@@ -746,7 +961,7 @@ def main() -> None:
     parser.add_argument("--as-baseline", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    w = SMOKE if args.smoke else PAPER
+    w = SMOKE if args.smoke else TINY_PAPER if args.tiny else PAPER
     if args.as_baseline:
         sys.path.insert(0, str(args.as_baseline))
         if w.tiny:
@@ -803,6 +1018,11 @@ def main() -> None:
         with part("run", report):
             mode = fastest_mode(report.get("client", {})) if not args.smoke else "eager"
             report["run"] = fedsim_runs(w, mode, precision, args.smoke, deadline)
+        save()
+    if "vectorized" in parts:
+        with part("vectorized", report):
+            slots = tuple(int(k) for k in args.slots.split(","))
+            report["vectorized"] = vectorized(w, args.smoke, deadline, slots)
         save()
     if later and parts & {"plain", "client"}:
         with part("client_more", report):

@@ -17,5 +17,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, lightning, ray; print('torch', torch.__version__, 'lightning', lightning.__version__, 'ray', ray.__version__)"
 baseline=()
 [ -d .dev/baseline ] && baseline=(--baseline .dev/baseline)
-python3 benchmarks/gpu_round.py --parts client,plain,run "${baseline[@]}" \
+python3 benchmarks/gpu_round.py --parts client,plain,run,vectorized "${baseline[@]}" \
     --deadline-s "$deadline" --out "${OUT:-/tmp/gpu_round}" "$@"

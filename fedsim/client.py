@@ -25,7 +25,7 @@ import torch
 from lightning.fabric import Fabric
 from torch import Tensor
 
-from fedsim.algorithm import AlgoState, local_training
+from fedsim.algorithm import AlgoState, ClientOutcome, local_training
 from fedsim.data import FederatedData, Partition
 from fedsim.data.batches import Batch, BatchPlan, client_batches
 from fedsim.data.transforms import prepare_batch
@@ -80,7 +80,7 @@ class ClientRunner:
         self.data = data
         self.partition = partition
         self.layout = layout
-        res = worker.resources
+        self.resources = res = worker.resources
         torch.set_num_threads(max(1, int(res.cpus_per_client)))
         apply_numeric_policy(res)
         self.device = pick_device(res.gpus_per_client)
@@ -123,9 +123,8 @@ class ClientRunner:
         hp, info, algo = task.hparams, self.data.info, task.algorithm
         payload = {**payload, **task.payload}
         model_in = payload.get(MODEL, {})
-        self._load(model_in, kept.get(LOCAL, self._initial_local))
-        indices = self.partition.train[task.client_id]
-        x_all, y_all = self._on_device(self.data.x_train, self.data.y_train, indices)
+        self._load(model_in, self.load_local(kept))
+        x_all, y_all = self.client_examples(task.client_id)
         params = {
             name: p
             for name, p in self.module.model.named_parameters()
@@ -138,15 +137,8 @@ class ClientRunner:
             # Capture draws random numbers: before the client's generators are seeded.
             example = self._example(hp.batch_size)
             captured = self.engine.prepare(hp, algo, state, params, example)
-            gen = torch.Generator().manual_seed(task.seed)
             torch.manual_seed(task.seed)  # dropout and anything else drawing globally
-            plan = BatchPlan.draw(
-                len(indices),
-                batch_size=hp.batch_size,
-                epochs=hp.epochs,
-                generator=gen,
-                augment=info.augment and not info.integer_inputs,
-            )
+            plan = self.batch_plan(task, len(y_all))
             self.engine.begin(hp, state, captured)
             self.module.train()
             return client_batches(x_all, y_all, info, plan, pad=self.engine.padded)
@@ -161,9 +153,36 @@ class ClientRunner:
         outcome, steps = local_training(
             algo, params, payload, kept, start=start, step=step, lr=hp.lr
         )
-        n = len(indices)
-        train_loss = float(loss_sum) / max(n, 1)  # the round's one host sync
-        glob, loc = self.layout.split(self.module.model.state_dict())
+        return self.reply(
+            task,
+            payload,
+            self.module.model.state_dict(),
+            outcome,
+            steps=steps,
+            loss_sum=float(loss_sum),  # the round's one host sync
+            seconds=time.perf_counter() - t0,
+            setup_seconds=self.engine.take_setup_seconds(),
+        )
+
+    def reply(
+        self,
+        task: ClientTask,
+        payload: Channels,
+        model_state: Mapping[str, Tensor],
+        outcome: ClientOutcome,
+        *,
+        steps: int,
+        loss_sum: float,
+        seconds: float,
+        setup_seconds: float = 0.0,
+    ) -> ClientUpdate:
+        """The client's :class:`ClientUpdate` from its trained model state.
+
+        ``payload`` is what the client received (the model travels back when
+        it came); ``loss_sum`` is the summed loss of its last epoch.
+        """
+        n = len(self.partition.train[task.client_id])
+        glob, loc = self.layout.split(model_state)
         upload = {MODEL: glob, **outcome.upload} if MODEL in payload else outcome.upload
         keep = {LOCAL: loc, **outcome.keep} if loc else outcome.keep
         return ClientUpdate(
@@ -171,12 +190,32 @@ class ClientRunner:
             upload=upload,
             keep=keep,
             num_examples=n,
-            train_loss=train_loss,
-            train_seconds=time.perf_counter() - t0,
+            train_loss=loss_sum / max(n, 1),
+            train_seconds=seconds,
             steps=steps,
-            setup_seconds=self.engine.take_setup_seconds(),
+            setup_seconds=setup_seconds,
             metrics=outcome.metrics,
         )
+
+    def client_examples(self, client_id: int) -> tuple[Tensor, Tensor]:
+        """The client's raw training examples and labels, on the training device."""
+        indices = self.partition.train[client_id]
+        return self._on_device(self.data.x_train, self.data.y_train, indices)
+
+    def batch_plan(self, task: ClientTask, n: int) -> BatchPlan:
+        """The client's draws of the round (order, crops), from its seed."""
+        info = self.data.info
+        return BatchPlan.draw(
+            n,
+            batch_size=task.hparams.batch_size,
+            epochs=task.hparams.epochs,
+            generator=torch.Generator().manual_seed(task.seed),
+            augment=info.augment and not info.integer_inputs,
+        )
+
+    def load_local(self, kept: Channels) -> Mapping[str, Tensor]:
+        """The client's local tensors: kept, or their initial values at first."""
+        return kept.get(LOCAL, self._initial_local)
 
     def _load(self, glob: Mapping[str, Tensor], local: Mapping[str, Tensor]) -> None:
         state = {**glob, **local}
@@ -245,13 +284,17 @@ class ClientRunner:
         A client that never trained is scored with the initial local part,
         the state it would start from.
         """
-        self._load(glob, kept.get(LOCAL, self._initial_local))
+        self._load(glob, self.load_local(kept))
+        return self._score(*self.client_test_examples(client_id), batch_size)
+
+    def client_test_examples(self, client_id: int) -> tuple[Tensor, Tensor]:
+        """The client's own raw test examples and labels, on the device."""
         indices = self.partition.test[client_id]
         if self.partition.test_source == "test":
             x, y = self.data.x_test, self.data.y_test
         else:
             x, y = self.data.x_train, self.data.y_train
-        return self._score(*self._on_device(x, y, indices), batch_size)
+        return self._on_device(x, y, indices)
 
     def _test_rows(self, lo: int, hi: int) -> tuple[Tensor, Tensor]:
         """Rows ``[lo, hi)`` of the test split on the device.

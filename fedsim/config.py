@@ -215,6 +215,13 @@ class ResourcesConfig:
     # autotuner picks the fastest convolution per shape (not bit-reproducible).
     matmul_precision: MatmulPrecision = "highest"
     cudnn_benchmark: bool = False
+    # Clients an actor trains at once as one vectorized step (README "Training
+    # clients together"); 1: one after another.
+    clients_per_actor: int = 1
+    # Memory of one GPU of the cluster (GB), for refusing at start a
+    # clients_per_actor whose copies cannot fit the slice; null: not declared
+    # (checked against the local GPU when there is one).
+    gpu_memory_gb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -534,6 +541,22 @@ def _validate_resources(cfg: Config) -> None:
         "compile=reduce-overhead already captures the forward and backward "
         "passes in CUDA graphs; use cuda_graph=true with compile=off or "
         "compile=default (the whole step in one graph)",
+    )
+    _check(
+        r.clients_per_actor >= 1,
+        "resources.clients_per_actor",
+        f"must be >= 1 (1: clients one after another), got {r.clients_per_actor}",
+    )
+    _check(
+        r.gpu_memory_gb is None or r.gpu_memory_gb > 0,
+        "resources.gpu_memory_gb",
+        f"must be > 0 GB, or null when not declared, got {r.gpu_memory_gb}",
+    )
+    _check(
+        not (r.clients_per_actor > 1 and r.precision == "16-mixed"),
+        "resources.clients_per_actor",
+        "fp16 loss scaling is per optimizer, not per client; use "
+        "precision=bf16-mixed or 32-true with clients_per_actor > 1",
     )
     _check(
         not (r.cuda_graph and r.precision == "16-mixed"),

@@ -73,7 +73,8 @@ class ClientUpdate:
     num_examples
         Training examples the client used (the FedAvg weight).
     train_seconds
-        Wall seconds of the client's ``train`` call on its worker.
+        Wall seconds of the client's ``train`` call on its worker (clients
+        trained together share their worker's seconds by steps).
     steps
         Optimizer steps the client took.
     setup_seconds

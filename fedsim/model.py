@@ -80,13 +80,67 @@ def preflight(cfg: Config) -> nn.Module:
     from fedsim.data import check_available
 
     check_available(cfg.data.name, cfg.data.root)
-    return checked_model(cfg)
+    model = checked_model(cfg)
+    check_slots_fit(cfg, model)
+    return model
 
 
 def checked_model(cfg: Config) -> nn.Module:
     """The config's model for its dataset, or a ConfigError saying why not."""
     spec = check_model_fits(cfg)
     return build_backbone(cfg, spec.num_classes, spec.input_shape)
+
+
+def check_slots_fit(cfg: Config, model: nn.Module) -> None:
+    """Refuse a ``clients_per_actor`` whose clients cannot fit the GPU slice.
+
+    The slice is ``gpus_per_client`` of ``resources.gpu_memory_gb`` (or of
+    this machine's first GPU when that is not declared); K slots need K times
+    :func:`fedsim.cohort.slot_bytes`. Nothing is checked for CPU slices or
+    when no GPU size is known.
+
+    Raises
+    ------
+    ConfigError
+        When K slots do not fit (the message gives the K that does).
+    """
+    res = cfg.resources
+    if res.clients_per_actor == 1 or res.gpus_per_client == 0:
+        return
+    import torch
+
+    from fedsim.cohort import slot_bytes
+
+    if res.gpu_memory_gb is not None:
+        gpu = res.gpu_memory_gb * 2**30
+    elif torch.cuda.is_available():
+        gpu = torch.cuda.get_device_properties(0).total_memory
+    else:
+        return
+    info = dataset_info(cfg.data.name)
+    with torch.random.fork_rng(devices=[]):  # dropout: keep the caller's stream
+        per_slot = slot_bytes(
+            model,
+            info.input_shape,
+            batch_size=cfg.client.batch_size,
+            integer_inputs=info.integer_inputs,
+            momentum=cfg.client.momentum > 0,
+        )
+    budget = gpu * min(res.gpus_per_client, 1.0)
+    fits = int(budget // per_slot)
+    if res.clients_per_actor * per_slot > budget:
+        gib = 2**30
+        raise ConfigError(
+            f"resources.clients_per_actor: {res.clients_per_actor} clients at "
+            f"once need about {res.clients_per_actor * per_slot / gib:.2f} GiB "
+            f"({per_slot / gib:.3f} GiB each: model, gradients, optimizer and "
+            f"algorithm state, a batch of {cfg.client.batch_size} with its "
+            f"activations), but the GPU slice holds {budget / gib:.2f} GiB "
+            f"(gpus_per_client={res.gpus_per_client} of a {gpu / gib:.1f} GiB "
+            f"GPU); set resources.clients_per_actor to at most {max(fits, 1)}, "
+            "give each actor more of a GPU (resources.gpus_per_client) or "
+            "use a smaller client.batch_size"
+        )
 
 
 def seeded_model(spec: ModelSpec, seed: int) -> nn.Module:

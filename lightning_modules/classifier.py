@@ -25,6 +25,11 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 
+def weighted_cross_entropy(logits: Tensor, y: Tensor, weight: Tensor) -> Tensor:
+    """``sum(weight * ce)``: a padded batch's loss (see ``training_step``)."""
+    return (F.cross_entropy(logits, y, reduction="none") * weight).sum()
+
+
 class Classifier(pl.LightningModule):
     """Cross-entropy classifier around a backbone.
 
@@ -76,7 +81,7 @@ class Classifier(pl.LightningModule):
         """
         if len(batch) == 3:
             x, y, weight = batch
-            return (F.cross_entropy(self(x), y, reduction="none") * weight).sum()
+            return weighted_cross_entropy(self(x), y, weight)
         x, y = batch
         return F.cross_entropy(self(x), y)
 

@@ -31,6 +31,7 @@ from fedsim.messages import MODEL, Channels, ClientEval, ClientTask, EvalResult
 
 if TYPE_CHECKING:
     from fedsim.client import ClientRunner
+    from fedsim.cohort import CohortTrainer
     from fedsim.model import WorkerSpec
     from fedsim.params import StateLayout
 
@@ -105,6 +106,7 @@ class ClientActor:
         self._client_module = fedsim.client
         self.worker = worker
         self._runner: ClientRunner | None = None
+        self._together: CohortTrainer | None = None
         self._payload_ref: Any = None
         self._payload: Mapping[str, Any] = {}
 
@@ -115,6 +117,11 @@ class ClientActor:
         self._runner = self._client_module.ClientRunner(
             self.worker, data, partition, layout
         )
+        slots = self.worker.resources.clients_per_actor
+        if slots > 1:
+            from fedsim.cohort import CohortTrainer
+
+            self._together = CohortTrainer(self._runner, slots)
 
     @property
     def runner(self) -> ClientRunner:
@@ -147,6 +154,18 @@ class ClientActor:
         except Exception as exc:
             return task.client_id, failure(task.client_id, exc)
 
+    def train_together(
+        self, jobs: list[tuple[ClientTask, Channels]], boxed: list[Any]
+    ) -> list[ClientResult]:
+        """Train ``(task, kept state)`` pairs K at a time; replies in their order."""
+        if self._together is None:
+            raise RuntimeError("resources.clients_per_actor is 1: call train")
+        payload = self._resolve(boxed)
+        try:
+            return list(self._together.train_in_order(jobs, payload))
+        except Exception as exc:  # every client of the group fails, not the actor
+            return [failure(task.client_id, exc) for task, _ in jobs]
+
     def evaluate(
         self, boxed: list[Any], shard: tuple[int, int], batch_size: int
     ) -> EvalResult:
@@ -159,6 +178,15 @@ class ClientActor:
     ) -> list[EvalOutcome]:
         """Evaluate each ``(client, kept state)``'s own model on its own test split."""
         glob = self._resolve(boxed).get(MODEL, {})
+        if self._together is not None:  # K at a time
+            try:
+                scored = self._together.evaluate_clients(clients, glob, batch_size)
+            except Exception as exc:  # every client of the group fails
+                return [failure(c, exc) for c, _ in clients]
+            return [
+                ClientEval(client_id=c, result=r) if isinstance(r, EvalResult) else r
+                for (c, _), r in zip(clients, scored, strict=True)
+            ]
         out: list[EvalOutcome] = []
         for client_id, kept in clients:
             try:

@@ -197,6 +197,9 @@ class RayPool(Backend):
         """
         boxed = self._put(payload)
         res = self.resources
+        if res.clients_per_actor > 1:
+            yield from self._train_together(tasks, boxed, kept)
+            return
         unreadable: dict[int, ClientFailure] = {}
         jobs: list[Job] = []
         for key, task in enumerate(tasks):  # a bad state fails that client only
@@ -219,6 +222,64 @@ class RayPool(Backend):
                 yield unreadable.pop(key)
                 continue
             yield _train_result(task.client_id, next(outcomes))
+
+    def _train_together(
+        self, tasks: Sequence[ClientTask], boxed: list[Any], kept: KeptStates
+    ) -> Iterator[ClientResult]:
+        """Contiguous groups of clients, one per actor, each trained K at a time.
+
+        A group whose actor died is retried on another actor as a whole, up
+        to ``resources.max_client_retries`` times; then its clients fail.
+        """
+        res, n = self.resources, self.num_workers
+        states = {t.client_id: read_kept(kept, t.client_id) for t in tasks}
+        readable = [
+            (t, s)
+            for t in tasks
+            if not isinstance(s := states[t.client_id], ClientFailure)
+        ]
+        groups: list[list[tuple[ClientTask, Channels]]] = [[] for _ in range(n)]
+        for i, job in enumerate(readable):  # contiguous groups, as even as can be
+            groups[i * n // len(readable)].append(job)
+        groups = [g for g in groups if g]
+        jobs = [
+            Job(
+                key=k,
+                name=f"client group {k + 1} of {len(groups)}",
+                submit=_same(lambda a, g=g: a.train_together.remote(g, boxed)),
+                retries=res.max_client_retries,
+                timeout_s=(
+                    None
+                    if res.client_timeout_s is None
+                    else res.client_timeout_s * len(g)
+                ),
+            )
+            for k, g in enumerate(groups)
+        ]
+        done: dict[int, ClientResult] = {}
+        for outcome, group in zip(
+            self._scheduler.run_in_order(jobs), groups, strict=True
+        ):
+            if isinstance(outcome, Lost):
+                done.update(
+                    (
+                        t.client_id,
+                        ClientFailure(client_id=t.client_id, reason=outcome.reason),
+                    )
+                    for t, _ in group
+                )
+                continue
+            try:
+                replies: list[ClientResult] = ray.get(outcome.result)
+            except RayError as exc:
+                replies = [
+                    ClientFailure(client_id=t.client_id, reason=f"result lost: {exc}")
+                    for t, _ in group
+                ]
+            done.update((r.client_id, r) for r in replies)
+        for task in tasks:
+            state = states[task.client_id]
+            yield state if isinstance(state, ClientFailure) else done[task.client_id]
 
     # ---------------------------------------------------------------- evaluation
 
@@ -339,6 +400,6 @@ def _train_result(client_id: int, outcome: Done | Lost) -> ClientResult:
 
 def pool_for(cfg: Config, **options: Any) -> RayPool:
     """The client pool of ``cfg``'s run: its workers, sized for its cohort."""
-    return RayPool(
-        worker_spec(cfg), cohort_size=cfg.server.clients_per_round, **options
-    )
+    slots = cfg.resources.clients_per_actor  # an actor trains K clients at once
+    cohort = -(-cfg.server.clients_per_round // slots)
+    return RayPool(worker_spec(cfg), cohort_size=cohort, **options)

@@ -177,12 +177,12 @@ def client_batches(
                     yield Batch(xb, yb, None, real, first)
                     continue
                 if real < size:
-                    xb, yb = _pad_rows(xb, size), _pad_rows(yb, size)
+                    xb, yb = pad_rows(xb, size), pad_rows(yb, size)
                 yield Batch(xb, yb, weights.of(real), real, first)
 
 
-def _pad_rows(t: Tensor, rows: int) -> Tensor:
-    """``t`` with zero rows appended up to ``rows``."""
+def pad_rows(t: Tensor, rows: int) -> Tensor:
+    """``t`` with zero rows appended up to ``rows`` (a padded batch's filler)."""
     filler = t.new_zeros((rows - len(t), *t.shape[1:]))
     return torch.cat([t, filler])
 

@@ -37,3 +37,14 @@ def test_the_smoke_mode_runs_every_part(tmp_path: Path) -> None:
     )
     run = report["run"]["actors_1"]
     assert run["rounds"] == 2 and run["steps_per_round"] > 0, run
+    vectorized = report["vectorized"]
+    sequential = vectorized["fedpara/sequential"]
+    for slots in (4, 8, 16):
+        row = vectorized[f"fedpara/k{slots}"]
+        assert row["client_steps"] == sequential["client_steps"], row
+        assert 0 < row["slot_occupancy"] <= 1 and row["ms_per_client_step"] > 0
+        assert vectorized[f"fedpara/k{slots}+graph"] == {"skipped": "needs CUDA"}
+    # One step of 16 clients launches far fewer ops per client than 16 steps
+    # (op counts, not times: the same on any machine).
+    k16 = vectorized["fedpara/k16"]
+    assert k16["step_kernel_ops_per_client_step_vs_sequential"] < 0.5, k16

@@ -80,6 +80,17 @@ def test_the_import_contract_forbids_exactly_the_registry_modules() -> None:
         "a strategy module was added or removed: list it in pyproject.toml's "
         "'Only fedsim.strategy imports the concrete strategies' contract"
     )
+    package = REPO / "fedsim"
+    every = {
+        f"fedsim.{p.stem if p.is_file() else p.name}"
+        for p in package.iterdir()
+        if (p.suffix == ".py" and p.stem not in {"__init__", "__main__"})
+        or (p / "__init__.py").is_file()
+    } - {"fedsim.strategy"}
+    assert every <= set(contract["source_modules"]), (
+        f"{sorted(every - set(contract['source_modules']))}: add them to the "
+        "contract's source_modules so that they cannot import a strategy either"
+    )
 
 
 def _string_constants(path: Path) -> set[str]:
