@@ -722,9 +722,9 @@ def _unknown_key(key: str, fields: set[str], prefix: str) -> str:
 def _build_settings(strategy: Any, raw: Any) -> Settings:
     """``server.settings`` as the typed settings of ``strategy``."""
     name = DEFAULT_STRATEGY if strategy is None else strategy
-    if name not in STRATEGIES:
+    if not isinstance(name, str) or name not in STRATEGIES:
         raise ConfigError(
-            f"server.strategy must be one of {', '.join(STRATEGIES)}; got {name!r}"
+            f"server.strategy must be one of {', '.join(STRATEGIES)}; got {shown(name)}"
         )
     cls = STRATEGIES[name].settings
     if raw is None:

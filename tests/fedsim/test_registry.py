@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from fedsim.config import ConfigError, load_config
+from fedsim.config import ConfigError, from_dict, load_config
 from fedsim.registry import STRATEGIES, Settings, settings_problems
 from fedsim.strategy import Strategy, build_strategy, strategy_settings
 from tests.fixtures import REPO
@@ -47,6 +47,9 @@ def test_settings_are_typed_checked_and_recorded() -> None:
         load_config(None, ["server.strategy=fedprox", "server.settings.mu=high"])
     with pytest.raises(ConfigError, match=r"server\.strategy must be one of fedavg"):
         load_config(None, ["server.strategy=fedsgd"])
+    # Found by the alias fuzz: a strategy that is not a string (YAML list).
+    with pytest.raises(ConfigError, match=r"one of fedavg.*; got \[\[None, None\]\]"):
+        from_dict({"server": {"strategy": [[None, None]]}})
 
 
 @pytest.mark.parametrize(
