@@ -16,6 +16,10 @@ _SHOWN.maxstring = _SHOWN.maxother = 80
 _SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict = 3, 4, 4
 
 
+_LONGEST = 160
+"""The most characters :func:`shown` returns (nesting multiplies reprlib's caps)."""
+
+
 def shown(value: Any) -> str:
     """``repr(value)`` cut short: an error quotes a value, never a huge one.
 
@@ -23,8 +27,11 @@ def shown(value: Any) -> str:
     ("'xxxxx", True)
     >>> shown([[[[[[[[1]]]]]]]])
     '[[[[...]]]]'
+    >>> len(shown([[["y" * 60] * 4] * 4] * 4)) == _LONGEST
+    True
     """
-    return _SHOWN.repr(value)
+    text = _SHOWN.repr(value)
+    return text if len(text) <= _LONGEST else text[: _LONGEST - 3] + "..."
 
 
 def quoted(path: Path | str) -> str:

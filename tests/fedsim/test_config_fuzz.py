@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fedsim.cli import main
@@ -232,6 +232,13 @@ exponents = st.builds(
 
 @settings(FUZZ, max_examples=40)
 @given(text=alias_documents())
+# Found by longer random searches: a list where a strategy name goes, and nested
+# lists of long strings whose repr reprlib's per-level caps let grow to 2 kB.
+@example(text="server:\n  strategy: [&a0 [null, null]]\n")
+@example(
+    text="data:\n  name: [&a0 [" + ", ".join(['"' + "z" * 60 + '"'] * 4) + "], "
+    "&a1 [*a0, *a0, *a0, *a0], &a2 [*a1, *a1, *a1, *a1], &a3 [*a2, *a2, *a2, *a2]]\n"
+)
 def test_alias_bombs_give_a_short_config_error(config_file: Path, text: str) -> None:
     config_file.write_text(text, encoding="utf-8")
     try:
